@@ -1,0 +1,84 @@
+"""The composition root: the ASGI callable Granian serves."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastproxy.errors import INTERNAL_ERROR_BODY, MethodNotAllowed, RouteNotFound
+from fastproxy.lifespan import UpstreamFactory, open_state
+from fastproxy.responses import send_error, send_json
+from fastproxy.routing import resolve
+from fastproxy.settings import Settings, load_settings
+from fastproxy.state import State
+from fastproxy.types import Receive, Scope, Send
+from fastproxy.upstream import AiohttpUpstream
+
+log = logging.getLogger("fastproxy")
+
+
+class FastProxy:
+    """One per worker process. `state` exists between lifespan startup and shutdown."""
+
+    def __init__(
+        self, settings: Settings | None = None, upstream_factory: UpstreamFactory = AiohttpUpstream
+    ) -> None:
+        self._settings = settings
+        self._upstream_factory = upstream_factory
+        self.state: State | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        if state is None:
+            raise RuntimeError("fastproxy must be served with ASGI lifespan enabled")
+        target = resolve(scope["path"])
+        if target is None:
+            await send_error(send, RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})"))
+            return
+        if isinstance(target, dict):
+            handler = target.get(scope["method"])
+            if handler is None:
+                allow = ", ".join(sorted(target)).encode()
+                err = MethodNotAllowed(
+                    f"Method {scope['method']} not allowed for {scope['path']}.", headers=[(b"allow", allow)]
+                )
+                await send_error(send, err)
+                return
+        else:
+            handler = target
+        try:
+            await handler(state, scope, receive, send)
+        except Exception:
+            # A bug, not a client error: log it once, give the client a generic OpenAI-shaped 500.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await send_json(send, 500, INTERNAL_ERROR_BODY)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            settings = self._settings or load_settings()
+            stack = contextlib.AsyncExitStack()
+            self.state = await stack.enter_async_context(open_state(settings, self._upstream_factory))
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": f"fastproxy failed to start: {exc}"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        try:
+            await stack.aclose()
+        finally:
+            self.state = None
+            await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app() -> FastProxy:
+    """Granian's factory: each worker builds its own app; settings are read in lifespan."""
+    return FastProxy()

@@ -1,0 +1,151 @@
+"""The `fastproxy` command: serve, demo, mock-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from fastproxy import __version__
+from fastproxy.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+
+
+def _granian(target: str, host: str, port: int, workers: int, log_level: str = "warning") -> None:
+    from granian import Granian
+
+    Granian(
+        target,
+        factory=True,
+        address=host,
+        port=port,
+        interface="asgi",  # type: ignore[arg-type]
+        loop="uvloop",  # type: ignore[arg-type]
+        workers=workers,
+        websockets=False,
+        backlog=2048,
+        log_level=log_level,  # type: ignore[arg-type]
+        log_access=False,
+    ).serve()
+
+
+def _apply_overrides(args: argparse.Namespace) -> Settings:
+    """CLI flags become FASTPROXY_* variables so every Granian worker reads the same settings."""
+    if args.config:
+        os.environ[ENV_PREFIX + "CONFIG"] = args.config
+    for name in ("host", "port", "workers", "upstream_url"):
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = str(value)
+    return load_settings()
+
+
+def _serve(settings: Settings) -> None:
+    workers = settings.workers or os.cpu_count() or 1
+    _granian("fastproxy.app:create_app", settings.host, settings.port, workers)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    _serve(_apply_overrides(args))
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> None:
+    os.environ["MOCK_CHUNKS"] = str(args.chunks)
+    os.environ["MOCK_DELAY_MS"] = str(args.delay_ms)
+    _granian("fastproxy.mock_upstream:app_from_env", args.host, args.port, args.workers)
+
+
+def _wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"fastproxy: the mock upstream did not start on {host}:{port}")
+
+
+DEMO_BANNER = """
+fastproxy {version} demo: proxy on http://{host}:{port}, mock provider on {upstream}
+
+  curl http://{host}:{port}/v1/chat/completions \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "mock-model", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="http://{host}:{port}/v1", api_key="{key}")
+  print(client.chat.completions.create(model="mock-model",
+        messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+
+Press Ctrl+C to stop.
+"""
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    upstream_port = args.upstream_port
+    upstream = f"http://127.0.0.1:{upstream_port}/v1"
+    os.environ.setdefault(ENV_PREFIX + "UPSTREAM_URL", upstream)
+    os.environ.setdefault(ENV_PREFIX + "LOG_FORMAT", "text")
+    os.environ[ENV_PREFIX + "WORKERS"] = "1"
+    os.environ[ENV_PREFIX + "PORT"] = str(args.port)
+    settings = load_settings()
+    mock = subprocess.Popen(
+        [sys.executable, "-m", "fastproxy", "mock-upstream", "--port", str(upstream_port), "--delay-ms", "30"]
+    )
+    try:
+        _wait_for_port("127.0.0.1", upstream_port)
+        print(
+            DEMO_BANNER.format(
+                version=__version__,
+                host=settings.host,
+                port=settings.port,
+                upstream=settings.upstream_url,
+                key="sk-fp-demo",
+            ),
+            flush=True,
+        )
+        _serve(settings)
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastproxy", description="An OpenAI-compatible LLM API proxy.")
+    parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy (production entry)")
+    serve.add_argument("--config", help="TOML settings file (also FASTPROXY_CONFIG)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
+    serve.add_argument("--upstream-url", dest="upstream_url")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the proxy on embedded defaults with the built-in mock provider")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--upstream-port", type=int, default=8001)
+    demo.set_defaults(func=cmd_demo)
+
+    mock = sub.add_parser("mock-upstream", help="run the built-in OpenAI-compatible mock provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8001)
+    mock.add_argument("--workers", type=int, default=1)
+    mock.add_argument("--chunks", type=int, default=10, help="content chunks per stream")
+    mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between stream chunks")
+    mock.set_defaults(func=cmd_mock_upstream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,342 @@
+"""Request orchestration. The hot path reads top to bottom in `proxy`:
+
+    headers (one pass) -> [auth] -> body, with a size limit -> narrow view -> [limits]
+    -> upstream, original bytes -> response streamed back, SSE watched for usage -> record
+
+Handlers talk only to adapters held by State; no network library is imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from time import perf_counter
+
+import msgspec
+
+from fastproxy.errors import BodyTooLarge, InvalidRequest, ProxyError, UpstreamError
+from fastproxy.records import RequestRecord
+from fastproxy.responses import send_error
+from fastproxy.schemas import RequestView, TokenUsage, json_encoder, request_decoder, usage_from_json
+from fastproxy.sse import SSEWatcher
+from fastproxy.state import State
+from fastproxy.types import Message, RawHeaders, Receive, Scope, Send
+from fastproxy.upstream import HeaderList, UpstreamResponse
+
+log = logging.getLogger("fastproxy.proxy")
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# The client's credentials are for fastproxy, never for the provider.
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"x-api-key",
+    b"api-key",
+    b"cookie",
+    b"content-length",
+    b"expect",
+    b"x-request-id",
+}
+# Usage is read from these bodies, so they must arrive uncompressed.
+_DROP_REQUEST_ACCOUNTED = _DROP_REQUEST | {b"accept-encoding"}
+_DROP_RESPONSE = _HOP_BY_HOP | {b"content-length", b"date", b"server", b"set-cookie", b"x-request-id"}
+_IDENTITY = ("accept-encoding", "identity")
+_STREAM_HEADERS: RawHeaders = [(b"x-accel-buffering", b"no")]
+_MAX_REQUEST_ID = 128
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    # Read a narrow view of the body and the usage of the response.
+    accounted: bool
+    # A stream here may be asked for usage on the client's behalf (chat and completions).
+    injects_usage: bool = False
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing more can be sent."""
+
+
+class _Outcome:
+    """Per-request facts gathered on the way, turned into a RequestRecord at the end."""
+
+    __slots__ = (
+        "disconnected",
+        "error",
+        "events",
+        "injected",
+        "model",
+        "status",
+        "stream",
+        "ttfb",
+        "upstream_status",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.upstream_status: int | None = None
+        self.model: str | None = None
+        self.stream = False
+        # The proxy added stream_options.include_usage, so the stream must be given back without it.
+        self.injected = False
+        self.usage: TokenUsage | None = None
+        self.ttfb: float | None = None
+        self.error: str | None = None
+        self.disconnected = False
+        self.events = 0
+
+
+async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    started = perf_counter()
+    drop = _DROP_REQUEST_ACCOUNTED if endpoint.accounted else _DROP_REQUEST
+    forward: HeaderList = []
+    request_id = b""
+    content_length = -1
+    for name, value in scope["headers"]:
+        if name not in drop:
+            forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        elif name == b"x-request-id":
+            request_id = value
+        elif name == b"content-length":
+            content_length = _parse_length(value)
+    if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
+        request_id = os.urandom(12).hex().encode()
+    out = _Outcome()
+    try:
+        body = await _read_body(receive, state.settings.max_body_bytes, content_length)
+        if endpoint.accounted:
+            body = _prepare_body(body, endpoint, out)
+            forward.append(_IDENTITY)
+        forward.extend(state.upstream_headers)
+        forward.append(("x-request-id", request_id.decode()))
+        url = state.base_url + scope["path"][3:]
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        await _cancel_on_disconnect(
+            receive,
+            _exchange(state, scope["method"], url, forward, body, send, request_id, endpoint, out),
+            out,
+        )
+    except ProxyError as err:
+        out.status, out.error = err.status, err.code or err.type
+        await send_error(send, err, request_id)
+    except ClientDisconnected:
+        out.status, out.disconnected = 499, True
+    if state.access_log is not None:
+        state.access_log.write(
+            RequestRecord(
+                request_id=request_id.decode(),
+                method=scope["method"],
+                path=scope["path"],
+                endpoint=endpoint.name,
+                model=out.model,
+                stream=out.stream,
+                status=out.status,
+                upstream_status=out.upstream_status,
+                usage=out.usage,
+                latency_ms=round((perf_counter() - started) * 1000, 3),
+                ttfb_ms=round((out.ttfb - started) * 1000, 3) if out.ttfb else None,
+                error=out.error,
+                disconnected=out.disconnected,
+                events=out.events,
+            )
+        )
+
+
+def _parse_length(value: bytes) -> int:
+    if not value.isdigit():
+        raise InvalidRequest("Invalid Content-Length header.", param="content-length")
+    return int(value)
+
+
+async def _read_body(receive: Receive, limit: int, content_length: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `limit` (before buffering the rest)."""
+    if content_length > limit:
+        raise _too_large(limit)
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    parts, size = [body], len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"Request body too large: the limit is {limit} bytes.")
+
+
+def _prepare_body(body: bytes, endpoint: Endpoint, out: _Outcome) -> bytes:
+    """Validate the fields the proxy acts on; return the bytes to send upstream."""
+    view = _decode_view(body)
+    if not view.model:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    out.model = view.model
+    out.stream = bool(view.stream)
+    if (
+        out.stream
+        and endpoint.injects_usage
+        and not (view.stream_options and view.stream_options.include_usage)
+    ):
+        out.injected = True
+        return _with_include_usage(body, view)
+    return body
+
+
+def _decode_view(body: bytes) -> RequestView:
+    try:
+        return request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        reason, _, where = text.partition(" - at `$.")
+        param = where.rstrip("`") or None
+        if param is None:
+            raise InvalidRequest(f"Invalid request body: {reason}.") from exc
+        raise InvalidRequest(f"Invalid type for '{param}': {reason}.", param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The API expects a JSON payload, "
+            "but what was sent was not valid JSON."
+        ) from exc
+
+
+def _with_include_usage(body: bytes, view: RequestView) -> bytes:
+    if view.stream_options is None:
+        # Splice the option in after the opening brace: the messages are never decoded or re-encoded.
+        i = body.index(b"{") + 1
+        return body[:i] + _INCLUDE_USAGE + body[i:]
+    # Rare: the client sent stream_options without include_usage; re-encode this one body.
+    doc = msgspec.json.decode(body)
+    doc["stream_options"]["include_usage"] = True
+    return json_encoder.encode(doc)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    message: Message = await receive()
+    while message["type"] != "http.disconnect":
+        message = await receive()
+
+
+async def _cancel_on_disconnect(receive: Receive, work: object, out: _Outcome) -> None:
+    """Run `work` (a coroutine) in this task; if the client disconnects, cancel it and say so in `out`.
+
+    Granian reports a disconnect only through receive() (a send to a closed client is dropped
+    silently), so without this an abandoned stream would keep the upstream generating.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+
+    def on_disconnect(w: asyncio.Future[None]) -> None:
+        if not w.cancelled() and w.exception() is None:
+            task.cancel()
+
+    watcher.add_done_callback(on_disconnect)
+    try:
+        await work  # type: ignore[misc]
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise
+        task.uncancel()
+        out.status, out.disconnected = 499, True
+    finally:
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
+
+
+async def _exchange(
+    state: State,
+    method: str,
+    url: str,
+    headers: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    endpoint: Endpoint,
+    out: _Outcome,
+) -> None:
+    resp = await state.upstream.send(method, url, headers, body)
+    out.upstream_status = out.status = resp.status
+    response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in _DROP_RESPONSE]
+    response_headers.append((b"x-request-id", request_id))
+    content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
+    if content_type.startswith(b"text/event-stream"):
+        response_headers.extend(_STREAM_HEADERS)
+        watcher = SSEWatcher(strip=out.injected) if endpoint.accounted else None
+        await _stream(resp, send, response_headers, watcher, out)
+    elif endpoint.accounted:
+        try:
+            data = await resp.read()
+        except BaseException:
+            resp.abort()
+            raise
+        resp.release()
+        out.ttfb = perf_counter()
+        if resp.status < 300:
+            out.usage = usage_from_json(data)[0]
+        response_headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": resp.status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": data})
+    else:
+        await _stream(resp, send, response_headers, None, out)
+
+
+async def _stream(
+    resp: UpstreamResponse, send: Send, headers: RawHeaders, watcher: SSEWatcher | None, out: _Outcome
+) -> None:
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    try:
+        async for chunk in resp.chunks():
+            if out.ttfb is None:
+                out.ttfb = perf_counter()
+            if watcher is not None:
+                chunk = watcher.feed(chunk)
+                if not chunk:
+                    continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if watcher is not None and (tail := watcher.finish()):
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+    except UpstreamError as err:
+        # Headers are gone already: all that is left is to end the stream and say why in the log.
+        resp.abort()
+        out.error = err.code
+        log.warning("upstream stream failed: %s", err.message)
+    except BaseException:
+        resp.abort()
+        raise
+    else:
+        resp.release()
+    finally:
+        if watcher is not None:
+            out.usage, out.events = watcher.usage, watcher.events
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,43 @@
+"""Opens every resource a worker needs, in order, and closes them in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.settings import Settings
+from fastproxy.state import State
+from fastproxy.upstream import AiohttpUpstream, Upstream
+
+log = logging.getLogger("fastproxy")
+
+UpstreamFactory = Callable[[Settings], Upstream]
+
+
+@contextlib.asynccontextmanager
+async def open_state(
+    settings: Settings, upstream_factory: UpstreamFactory = AiohttpUpstream
+) -> AsyncIterator[State]:
+    listener = configure_logging(settings.log_level, settings.log_format)
+    try:
+        log.info("starting with settings %s", settings.masked())
+        upstream = upstream_factory(settings)
+        try:
+            auth = (
+                (("authorization", "Bearer " + settings.upstream_api_key),)
+                if settings.upstream_api_key
+                else ()
+            )
+            yield State(
+                settings=settings,
+                upstream=upstream,
+                base_url=settings.upstream_url.rstrip("/"),
+                upstream_headers=auth,
+                access_log=AccessLog() if settings.access_log else None,
+            )
+        finally:
+            await upstream.close()
+    finally:
+        listener.stop()

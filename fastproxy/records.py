@@ -1,0 +1,25 @@
+"""What one proxied request leaves behind, for the access log now and the usage writer later."""
+
+from __future__ import annotations
+
+import msgspec
+
+from fastproxy.schemas import TokenUsage
+
+
+class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
+    request_id: str
+    method: str
+    path: str
+    endpoint: str
+    model: str | None
+    stream: bool
+    status: int
+    upstream_status: int | None
+    usage: TokenUsage | None
+    latency_ms: float
+    ttfb_ms: float | None
+    error: str | None = None
+    # The client left before the response ended; the upstream request was cancelled.
+    disconnected: bool = False
+    events: int = 0

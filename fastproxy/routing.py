@@ -1,0 +1,56 @@
+"""The route table: (path, method) -> handler, looked up with two dict gets on the hot path.
+
+Paths not in the table: `/v1/models/{model}` goes to the model handler; any other `/v1/*`
+request is passed through to the upstream as it is; everything else is 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from fastproxy import probes
+from fastproxy.handlers import Endpoint, proxy
+from fastproxy.state import State
+from fastproxy.types import Receive, Scope, Send
+
+Handler = Callable[[State, Scope, Receive, Send], Awaitable[None]]
+
+CHAT = Endpoint("chat.completions", accounted=True, injects_usage=True)
+COMPLETIONS = Endpoint("completions", accounted=True, injects_usage=True)
+EMBEDDINGS = Endpoint("embeddings", accounted=True)
+RESPONSES = Endpoint("responses", accounted=True)
+MODELS = Endpoint("models", accounted=False)
+PASSTHROUGH = Endpoint("passthrough", accounted=False)
+
+
+def _to(endpoint: Endpoint) -> Handler:
+    return partial(proxy, endpoint=endpoint)
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/v1/chat/completions": {"POST": _to(CHAT), "GET": _to(PASSTHROUGH)},
+    "/v1/completions": {"POST": _to(COMPLETIONS)},
+    "/v1/embeddings": {"POST": _to(EMBEDDINGS)},
+    "/v1/responses": {"POST": _to(RESPONSES)},
+    "/v1/models": {"GET": _to(MODELS)},
+    "/health": {"GET": probes.health, "HEAD": probes.health},
+    "/readyz": {"GET": probes.readyz},
+    "/": {"GET": probes.root},
+}
+MODEL_ITEM_PREFIX = "/v1/models/"
+MODEL_ITEM: dict[str, Handler] = {"GET": _to(MODELS), "DELETE": _to(MODELS)}
+PASSTHROUGH_PREFIX = "/v1/"
+PASSTHROUGH_HANDLER = _to(PASSTHROUGH)
+
+
+def resolve(path: str) -> dict[str, Handler] | Handler | None:
+    """The handlers by method for `path`, or the one handler taking every method, or None (404)."""
+    methods = ROUTES.get(path)
+    if methods is not None:
+        return methods
+    if path.startswith(MODEL_ITEM_PREFIX) and len(path) > len(MODEL_ITEM_PREFIX):
+        return MODEL_ITEM
+    if path.startswith(PASSTHROUGH_PREFIX):
+        return PASSTHROUGH_HANDLER
+    return None

@@ -1,0 +1,113 @@
+"""Every msgspec Struct the proxy decodes or encodes, and the codecs, built once.
+
+Request views hold only the fields the proxy acts on; the original bytes are what goes upstream,
+so messages, tools and images are never turned into Python objects.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class StreamOptions(msgspec.Struct, gc=False):
+    include_usage: bool | None = None
+
+
+class RequestView(msgspec.Struct, gc=False):
+    """The fields of a chat/completions/embeddings/responses body the proxy needs."""
+
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    max_output_tokens: int | None = None
+    n: int | None = None
+
+
+class _TokenDetails(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class UsageView(msgspec.Struct, gc=False):
+    """OpenAI usage, in both the chat (prompt/completion) and Responses (input/output) spellings."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    prompt_tokens_details: _TokenDetails | None = None
+    completion_tokens_details: _TokenDetails | None = None
+    input_tokens_details: _TokenDetails | None = None
+    output_tokens_details: _TokenDetails | None = None
+
+
+class _ResponseObject(msgspec.Struct, gc=False):
+    usage: UsageView | None = None
+
+
+class UsageCarrier(msgspec.Struct, gc=False):
+    """Where usage lives in a response body or SSE event: top level, or under `response` (Responses API).
+
+    `choices` is kept as raw fragments only to tell the include_usage chunk (empty choices) apart.
+    """
+
+    usage: UsageView | None = None
+    response: _ResponseObject | None = None
+    choices: list[msgspec.Raw] | None = None
+
+
+class TokenUsage(msgspec.Struct, frozen=True, gc=False):
+    """Normalised token counts, whichever API reported them."""
+
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+    @classmethod
+    def from_view(cls, u: UsageView) -> TokenUsage:
+        prompt = u.prompt_tokens if u.prompt_tokens is not None else (u.input_tokens or 0)
+        completion = u.completion_tokens if u.completion_tokens is not None else (u.output_tokens or 0)
+        in_details = u.prompt_tokens_details or u.input_tokens_details
+        out_details = u.completion_tokens_details or u.output_tokens_details
+        return cls(
+            prompt=prompt,
+            completion=completion,
+            total=u.total_tokens if u.total_tokens is not None else prompt + completion,
+            cached=(in_details.cached_tokens or 0) if in_details else 0,
+            reasoning=(out_details.reasoning_tokens or 0) if out_details else 0,
+        )
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+request_decoder = msgspec.json.Decoder(RequestView)
+usage_decoder = msgspec.json.Decoder(UsageCarrier)
+json_encoder = msgspec.json.Encoder()
+
+
+def usage_from_json(data: bytes | memoryview) -> tuple[TokenUsage | None, bool]:
+    """Read usage from one JSON document: (usage or None, whether `choices` is an empty list).
+
+    Never raises: a body that is not JSON, or not shaped as expected, simply has no usage.
+    """
+    try:
+        carrier = usage_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None, False
+    view = carrier.usage or (carrier.response.usage if carrier.response else None)
+    empty_choices = carrier.choices is not None and len(carrier.choices) == 0
+    return (TokenUsage.from_view(view) if view else None), empty_choices

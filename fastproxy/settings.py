@@ -1,0 +1,125 @@
+"""One frozen, validated settings Struct, read from an optional TOML file and FASTPROXY_* variables.
+
+Precedence: environment over file over defaults. Every field has a default so the embedded demo
+runs with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "FASTPROXY_"
+SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url"})
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it in one line."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    # 0 means one worker per CPU.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0
+    upstream_url: str = "http://127.0.0.1:8001/v1"
+    upstream_api_key: str = ""
+    redis_url: str = ""
+    database_url: str = "sqlite:///./fastproxy.db"
+    admin_key: str = ""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    connect_timeout: Seconds = 5.0
+    # Longest silence allowed between two reads from upstream (reasoning models think quietly).
+    read_timeout: Seconds = 600.0
+    # Whole-request ceiling, streams included.
+    request_timeout: Seconds = 1800.0
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.upstream_url):
+            raise SettingsError(
+                f"invalid setting upstream_url ({ENV_PREFIX}UPSTREAM_URL): "
+                f"expected an http:// or https:// URL, got {self.upstream_url!r}"
+            )
+        if self.database_url and not self.database_url.startswith(
+            ("sqlite://", "postgresql://", "postgres://")
+        ):
+            raise SettingsError(
+                f"invalid setting database_url ({ENV_PREFIX}DATABASE_URL): "
+                "expected sqlite:///path or postgresql://..."
+            )
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"invalid setting redis_url ({ENV_PREFIX}REDIS_URL): expected redis://host:port/db"
+            )
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings, fit for a log line: secrets show only their last 4 characters."""
+        out: dict[str, Any] = msgspec.structs.asdict(self)
+        for name in SECRET_FIELDS:
+            value = out[name]
+            if value and "://" in value:
+                out[name] = _mask_url(value)
+            elif value:
+                out[name] = mask(value)
+        return out
+
+
+def mask(secret: str) -> str:
+    """Show only the last 4 characters of a secret."""
+    return "..." + secret[-4:] if len(secret) > 8 else "****"
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password of scheme://user:password@host; a URL without one is not secret."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
+
+
+def load_settings(config_path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from a TOML file and the environment; raise SettingsError naming the bad field."""
+    env = os.environ if environ is None else environ
+    path = config_path or env.get(ENV_PREFIX + "CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw.update(tomllib.load(f))
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    fields = set(Settings.__struct_fields__)
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields:
+                raw[name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    if text.startswith("invalid setting"):
+        return text
+    m = re.search(r"at `\$\.(\w+)`", text)
+    if m:
+        name = m.group(1)
+        reason = text.split(" - at ")[0]
+        return f"invalid setting {name} ({ENV_PREFIX}{name.upper()}): {reason}"
+    m = re.search(r"unknown field `(\w+)`", text)
+    if m:
+        return f"unknown setting {m.group(1)} in config file"
+    return f"invalid settings: {text}"

@@ -1,0 +1,120 @@
+"""The seam between the proxy and the network: a tiny client interface and its aiohttp implementation.
+
+aiohttp was chosen by measurement on the proxy path (bench/clients/RESULTS.md). Its exceptions are
+mapped here to fastproxy.errors so handlers never see a library type:
+
+    connection refused / reset / DNS  -> UpstreamUnreachable (502)
+    connect, read or total timeout    -> UpstreamTimeout (504)
+    anything else from the client     -> UpstreamError (502)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+
+from fastproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from fastproxy.settings import Settings
+from fastproxy.types import RawHeaders
+
+HeaderList = list[tuple[str, str]]
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: RawHeaders
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Yield body bytes as they arrive from the network; raises UpstreamError subclasses."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body; raises UpstreamError subclasses."""
+        ...
+
+    def release(self) -> None:
+        """The body was consumed: give the connection back to the pool."""
+
+    def abort(self) -> None:
+        """Stop now: close the connection, so the upstream sees the client go away."""
+
+
+class Upstream(Protocol):
+    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+        """Send a request and return once the status and headers are in; raises UpstreamError subclasses."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def map_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("The upstream provider did not answer in time.")
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        return UpstreamUnreachable("The upstream provider could not be reached.")
+    return UpstreamError("The upstream provider returned an invalid response.")
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: RawHeaders = list(resp.raw_headers)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise map_error(exc) from exc
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise map_error(exc) from exc
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def abort(self) -> None:
+        self._resp.close()
+
+
+class AiohttpUpstream:
+    """A bounded keep-alive pool. Responses are not decompressed: bytes pass through as upstream sent them."""
+
+    def __init__(self, settings: Settings) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=settings.pool_size,
+            limit_per_host=settings.pool_size,
+            keepalive_timeout=30,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=settings.request_timeout,
+                connect=settings.connect_timeout,
+                sock_read=settings.read_timeout,
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            # Header values are forwarded from clients; aiohttp must not second-guess them.
+            raise_for_status=False,
+        )
+
+    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+        try:
+            resp = await self._session.request(method, url, headers=headers, data=body or None)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise map_error(exc) from exc
+        return _AiohttpResponse(resp)
+
+    async def close(self) -> None:
+        await self._session.close()
