@@ -20,9 +20,7 @@ log = logging.getLogger("fastproxy")
 class FastProxy:
     """One per worker process. `state` exists between lifespan startup and shutdown."""
 
-    def __init__(
-        self, settings: Settings | None = None, upstream_factory: UpstreamFactory = AiohttpUpstream
-    ) -> None:
+    def __init__(self, settings: Settings | None = None, upstream_factory: UpstreamFactory = AiohttpUpstream) -> None:
         self._settings = settings
         self._upstream_factory = upstream_factory
         self.state: State | None = None

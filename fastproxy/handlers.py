@@ -1,7 +1,8 @@
 """Request orchestration. The hot path reads top to bottom in `proxy`:
 
-    headers (one pass) -> [auth] -> body, with a size limit -> narrow view -> [limits]
-    -> upstream, original bytes -> response streamed back, SSE watched for usage -> record
+    headers (one pass) -> auth (cached) -> body, with a size limit -> narrow view -> model allowed?
+    -> limiter admits (one call) -> upstream, original bytes -> response streamed back, SSE watched
+    for usage -> limiter settles -> record handed to the observers (log, metrics, usage writer)
 
 Handlers talk only to adapters held by State; no network library is imported here.
 """
@@ -11,15 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 import msgspec
 
-from fastproxy.errors import BodyTooLarge, InvalidRequest, ProxyError, UpstreamError
+from fastproxy.errors import BodyTooLarge, InvalidRequest, PermissionDenied, ProxyError, UpstreamError
 from fastproxy.records import RequestRecord
 from fastproxy.responses import send_error
-from fastproxy.schemas import RequestView, TokenUsage, json_encoder, request_decoder, usage_from_json
+from fastproxy.schemas import (
+    ANONYMOUS,
+    Principal,
+    RequestView,
+    TokenUsage,
+    json_encoder,
+    request_decoder,
+    usage_from_json,
+)
 from fastproxy.sse import SSEWatcher
 from fastproxy.state import State
 from fastproxy.types import Message, RawHeaders, Receive, Scope, Send
@@ -57,6 +68,7 @@ _DROP_RESPONSE = _HOP_BY_HOP | {b"content-length", b"date", b"server", b"set-coo
 _IDENTITY = ("accept-encoding", "identity")
 _STREAM_HEADERS: RawHeaders = [(b"x-accel-buffering", b"no")]
 _MAX_REQUEST_ID = 128
+_DRAIN_LIMIT = 64 * 1024 * 1024
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 
@@ -108,56 +120,69 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     drop = _DROP_REQUEST_ACCOUNTED if endpoint.accounted else _DROP_REQUEST
     forward: HeaderList = []
     request_id = b""
+    authorization: bytes | None = None
     content_length = -1
     for name, value in scope["headers"]:
         if name not in drop:
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        elif name == b"authorization":
+            authorization = value
         elif name == b"x-request-id":
             request_id = value
         elif name == b"content-length":
             content_length = _parse_length(value)
     if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
         request_id = os.urandom(12).hex().encode()
+    client = scope.get("client")
     out = _Outcome()
+    principal = ANONYMOUS
     try:
+        principal = await state.auth.authenticate(authorization)
         body = await _read_body(receive, state.settings.max_body_bytes, content_length)
+        estimate = 0
         if endpoint.accounted:
-            body = _prepare_body(body, endpoint, out)
+            view = _decode_view(body)
+            body = _prepare_body(body, view, endpoint, principal, out)
+            estimate = _estimate_tokens(len(body), view, state.settings.default_max_tokens)
             forward.append(_IDENTITY)
+        admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
         forward.extend(state.upstream_headers)
         forward.append(("x-request-id", request_id.decode()))
         url = state.base_url + scope["path"][3:]
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
-        await _cancel_on_disconnect(
-            receive,
-            _exchange(state, scope["method"], url, forward, body, send, request_id, endpoint, out),
-            out,
-        )
+        exchange = _exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
+        try:
+            await _cancel_on_disconnect(receive, exchange, out)
+        finally:
+            await state.limiter.settle(admission, out.usage)
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
         await send_error(send, err, request_id)
     except ClientDisconnected:
         out.status, out.disconnected = 499, True
-    if state.access_log is not None:
-        state.access_log.write(
-            RequestRecord(
-                request_id=request_id.decode(),
-                method=scope["method"],
-                path=scope["path"],
-                endpoint=endpoint.name,
-                model=out.model,
-                stream=out.stream,
-                status=out.status,
-                upstream_status=out.upstream_status,
-                usage=out.usage,
-                latency_ms=round((perf_counter() - started) * 1000, 3),
-                ttfb_ms=round((out.ttfb - started) * 1000, 3) if out.ttfb else None,
-                error=out.error,
-                disconnected=out.disconnected,
-                events=out.events,
-            )
-        )
+    record = RequestRecord(
+        request_id=request_id.decode(),
+        method=scope["method"],
+        path=scope["path"],
+        endpoint=endpoint.name,
+        model=out.model,
+        stream=out.stream,
+        status=out.status,
+        upstream_status=out.upstream_status,
+        usage=out.usage,
+        latency_ms=round((perf_counter() - started) * 1000, 3),
+        ttfb_ms=round((out.ttfb - started) * 1000, 3) if out.ttfb else None,
+        error=out.error,
+        key_id=principal.key_id,
+        user_id=principal.user_id,
+        key_hint=principal.key_hint,
+        client_ip=client[0] if client else None,
+        disconnected=out.disconnected,
+        events=out.events,
+    )
+    for observe in state.observers:
+        observe(record)
 
 
 def _parse_length(value: bytes) -> int:
@@ -167,50 +192,67 @@ def _parse_length(value: bytes) -> int:
 
 
 async def _read_body(receive: Receive, limit: int, content_length: int) -> bytes:
-    """The whole body, refused as soon as it is known to exceed `limit` (before buffering the rest)."""
+    """The whole body, refused as soon as it is known to exceed `limit` (never buffered past it)."""
     if content_length > limit:
+        await _discard_rest(receive, content_length)
         raise _too_large(limit)
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    parts, size = [body], len(body)
+    parts: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
+            if message.get("more_body"):
+                await _discard_rest(receive, size)
             raise _too_large(limit)
+        more = message.get("more_body", False)
+        if not parts and not more:
+            return chunk  # the common case: one message, no copy
         parts.append(chunk)
-        if not message.get("more_body"):
+        if not more:
             return b"".join(parts)
+
+
+async def _discard_rest(receive: Receive, seen: int) -> None:
+    """Read and drop what the client is still sending, up to a bound, so it can read our 413.
+
+    Answering while the client still writes makes most HTTP/1.1 clients fail with a reset instead.
+    Past _DRAIN_LIMIT the connection is simply dropped: a client can't make us read forever.
+    """
+    while seen <= _DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"Request body too large: the limit is {limit} bytes.")
 
 
-def _prepare_body(body: bytes, endpoint: Endpoint, out: _Outcome) -> bytes:
-    """Validate the fields the proxy acts on; return the bytes to send upstream."""
-    view = _decode_view(body)
+def _prepare_body(body: bytes, view: RequestView, endpoint: Endpoint, principal: Principal, out: _Outcome) -> bytes:
+    """Check the fields the proxy acts on; return the bytes to send upstream."""
     if not view.model:
         raise InvalidRequest("you must provide a model parameter", param="model")
+    if principal.allowed_models is not None and view.model not in principal.allowed_models:
+        raise PermissionDenied(f"This API key may not use the model '{view.model}'.", param="model")
     out.model = view.model
     out.stream = bool(view.stream)
-    if (
-        out.stream
-        and endpoint.injects_usage
-        and not (view.stream_options and view.stream_options.include_usage)
-    ):
+    if out.stream and endpoint.injects_usage and not (view.stream_options and view.stream_options.include_usage):
         out.injected = True
         return _with_include_usage(body, view)
     return body
+
+
+def _estimate_tokens(body_size: int, view: RequestView, default_max_tokens: int) -> int:
+    """A cheap upper-leaning guess, reserved against token limits until the real usage is known."""
+    completion = view.max_completion_tokens or view.max_tokens or view.max_output_tokens or default_max_tokens
+    return body_size // 4 + completion * (view.n or 1)
 
 
 def _decode_view(body: bytes) -> RequestView:
@@ -247,7 +289,7 @@ async def _until_disconnect(receive: Receive) -> None:
         message = await receive()
 
 
-async def _cancel_on_disconnect(receive: Receive, work: object, out: _Outcome) -> None:
+async def _cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None], out: _Outcome) -> None:
     """Run `work` (a coroutine) in this task; if the client disconnects, cancel it and say so in `out`.
 
     Granian reports a disconnect only through receive() (a send to a closed client is dropped
@@ -263,7 +305,7 @@ async def _cancel_on_disconnect(receive: Receive, work: object, out: _Outcome) -
 
     watcher.add_done_callback(on_disconnect)
     try:
-        await work  # type: ignore[misc]
+        await work
     except asyncio.CancelledError:
         if not watcher.done() or watcher.cancelled():
             raise
@@ -282,19 +324,20 @@ async def _exchange(
     body: bytes,
     send: Send,
     request_id: bytes,
-    endpoint: Endpoint,
+    extra_headers: RawHeaders,
     out: _Outcome,
 ) -> None:
     resp = await state.upstream.send(method, url, headers, body)
     out.upstream_status = out.status = resp.status
     response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in _DROP_RESPONSE]
     response_headers.append((b"x-request-id", request_id))
+    response_headers.extend(extra_headers)
     content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
     if content_type.startswith(b"text/event-stream"):
         response_headers.extend(_STREAM_HEADERS)
-        watcher = SSEWatcher(strip=out.injected) if endpoint.accounted else None
+        watcher = SSEWatcher(strip=out.injected) if out.model is not None else None
         await _stream(resp, send, response_headers, watcher, out)
-    elif endpoint.accounted:
+    elif out.model is not None:
         try:
             data = await resp.read()
         except BaseException:

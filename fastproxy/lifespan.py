@@ -6,6 +6,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from fastproxy.auth import OpenAccess
+from fastproxy.limits import NoLimits
 from fastproxy.logs import AccessLog, configure_logging
 from fastproxy.settings import Settings
 from fastproxy.state import State
@@ -17,25 +19,22 @@ UpstreamFactory = Callable[[Settings], Upstream]
 
 
 @contextlib.asynccontextmanager
-async def open_state(
-    settings: Settings, upstream_factory: UpstreamFactory = AiohttpUpstream
-) -> AsyncIterator[State]:
+async def open_state(settings: Settings, upstream_factory: UpstreamFactory = AiohttpUpstream) -> AsyncIterator[State]:
     listener = configure_logging(settings.log_level, settings.log_format)
     try:
         log.info("starting with settings %s", settings.masked())
         upstream = upstream_factory(settings)
         try:
-            auth = (
-                (("authorization", "Bearer " + settings.upstream_api_key),)
-                if settings.upstream_api_key
-                else ()
-            )
+            auth = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
+            observers = (AccessLog().write,) if settings.access_log else ()
             yield State(
                 settings=settings,
                 upstream=upstream,
+                auth=OpenAccess(),
+                limiter=NoLimits(),
+                observers=observers,
                 base_url=settings.upstream_url.rstrip("/"),
                 upstream_headers=auth,
-                access_log=AccessLog() if settings.access_log else None,
             )
         finally:
             await upstream.close()

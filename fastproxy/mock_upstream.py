@@ -138,9 +138,7 @@ class MockUpstream:
             await _respond(send, 200, self._models)
         elif path.startswith("/v1/models/"):
             model = path.removeprefix("/v1/models/")
-            await _respond(
-                send, 200, _encode({"id": model, "object": "model", "created": CREATED, "owned_by": "x"})
-            )
+            await _respond(send, 200, _encode({"id": model, "object": "model", "created": CREATED, "owned_by": "x"}))
         elif path in ("/v1/chat/completions", "/v1/completions", "/v1/responses") and method == "POST":
             try:
                 req = _decode(body)
@@ -173,9 +171,7 @@ class MockUpstream:
             }
             await _respond(send, 200, _encode(doc))
         elif path == "/v1/audio/speech" and method == "POST":
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"audio/mpeg")]}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"audio/mpeg")]})
             for i in range(4):
                 await send({"type": "http.response.body", "body": bytes([i]) * 1024, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -183,9 +179,7 @@ class MockUpstream:
             echo = {k: v for k, v in self.last.items() if k != "headers"}
             await _respond(send, 200, _encode({"object": "echo", **echo}))
 
-    async def _stream(
-        self, kind: str, req: _Req, chunks: int, delay: float, receive: Receive, send: Send
-    ) -> None:
+    async def _stream(self, kind: str, req: _Req, chunks: int, delay: float, receive: Receive, send: Send) -> None:
         self.stats["streams_started"] += 1
         events = _stream_events(kind, req, chunks)
         disconnected = asyncio.Event()

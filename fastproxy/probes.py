@@ -40,9 +40,7 @@ async def _check_upstream(state: State) -> dict[str, object]:
     started = perf_counter()
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            resp = await state.upstream.send(
-                "GET", state.base_url + "/models", list(state.upstream_headers), b""
-            )
+            resp = await state.upstream.send("GET", state.base_url + "/models", list(state.upstream_headers), b"")
             await resp.read()
             resp.release()
     except TimeoutError:

@@ -20,6 +20,11 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     latency_ms: float
     ttfb_ms: float | None
     error: str | None = None
+    key_id: str | None = None
+    user_id: str | None = None
+    # The last 4 characters of the API key: never more of it.
+    key_hint: str | None = None
+    client_ip: str | None = None
     # The client left before the response ended; the upstream request was cancelled.
     disconnected: bool = False
     events: int = 0

@@ -111,3 +111,30 @@ def usage_from_json(data: bytes | memoryview) -> tuple[TokenUsage | None, bool]:
     view = carrier.usage or (carrier.response.usage if carrier.response else None)
     empty_choices = carrier.choices is not None and len(carrier.choices) == 0
     return (TokenUsage.from_view(view) if view else None), empty_choices
+
+
+class Limits(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Limits of a key or a user; None means unlimited. Enforced by the limiter and the usage issue."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    tpd: int | None = None
+    max_tokens_total: int | None = None
+    max_budget_usd: float | None = None
+
+
+class Principal(msgspec.Struct, frozen=True, gc=False):
+    """Who is calling, as authentication resolved it. Never holds the key itself."""
+
+    key_id: str | None = None
+    user_id: str | None = None
+    # Last 4 characters of the key, the only part that may appear in logs and messages.
+    key_hint: str | None = None
+    key_limits: Limits | None = None
+    user_limits: Limits | None = None
+    # None means every model is allowed.
+    allowed_models: frozenset[str] | None = None
+
+
+ANONYMOUS = Principal()

@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     read_timeout: Seconds = 600.0
     # Whole-request ceiling, streams included.
     request_timeout: Seconds = 1800.0
+    # Completion tokens assumed for a request that sets no max_tokens, when reserving against limits.
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 1024
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -51,17 +53,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 f"invalid setting upstream_url ({ENV_PREFIX}UPSTREAM_URL): "
                 f"expected an http:// or https:// URL, got {self.upstream_url!r}"
             )
-        if self.database_url and not self.database_url.startswith(
-            ("sqlite://", "postgresql://", "postgres://")
-        ):
+        if self.database_url and not self.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise SettingsError(
-                f"invalid setting database_url ({ENV_PREFIX}DATABASE_URL): "
-                "expected sqlite:///path or postgresql://..."
+                f"invalid setting database_url ({ENV_PREFIX}DATABASE_URL): expected sqlite:///path or postgresql://..."
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(
-                f"invalid setting redis_url ({ENV_PREFIX}REDIS_URL): expected redis://host:port/db"
-            )
+            raise SettingsError(f"invalid setting redis_url ({ENV_PREFIX}REDIS_URL): expected redis://host:port/db")
 
     def masked(self) -> dict[str, Any]:
         """The effective settings, fit for a log line: secrets show only their last 4 characters."""

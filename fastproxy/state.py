@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastproxy.logs import AccessLog
+from fastproxy.auth import Authenticator
+from fastproxy.limits import Limiter
+from fastproxy.records import RequestRecord
 from fastproxy.settings import Settings
 from fastproxy.upstream import Upstream
+
+# Called with every finished request's record; must not block (access log, metrics, usage writer).
+Observer = Callable[[RequestRecord], None]
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     settings: Settings
     upstream: Upstream
+    auth: Authenticator
+    limiter: Limiter
+    observers: tuple[Observer, ...]
     # Upstream base URL without a trailing slash; the client's path after `/v1` is appended to it.
     base_url: str
     # Headers the proxy adds to every upstream request (the provider's credentials).
     upstream_headers: tuple[tuple[str, str], ...]
-    access_log: AccessLog | None

@@ -1,0 +1,48 @@
+"""Rate-limit seam: admit a request before it goes upstream, settle it with the real usage after.
+
+`NoLimits` is the default until limits are configured.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fastproxy.schemas import Principal, TokenUsage
+from fastproxy.types import RawHeaders
+
+
+class Admission:
+    """What admit() took, so settle() can refund or charge the difference; and the headers to return."""
+
+    __slots__ = ("estimate", "headers", "principal")
+
+    def __init__(self, principal: Principal, estimate: int, headers: RawHeaders) -> None:
+        self.principal = principal
+        self.estimate = estimate
+        self.headers = headers
+
+
+class Limiter(Protocol):
+    async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
+        """Take one request and `estimate` tokens from every bucket that applies, atomically.
+
+        Raises RateLimited (429, with Retry-After) or ServiceUnavailable (503, fail-closed policy).
+        """
+        ...
+
+    async def settle(self, admission: Admission, usage: TokenUsage | None) -> None:
+        """Reconcile the estimate with the real usage (None: the estimate stands). Never raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NoLimits:
+    async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
+        return Admission(principal, estimate, [])
+
+    async def settle(self, admission: Admission, usage: TokenUsage | None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tests.services import postgres_server, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> Iterator[str]:
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so runs sharing one Redis never see each other's keys."""
+    return f"fptest:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=redis_prefix + "*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+async def postgres_dsn(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A database of this test's own, dropped afterwards."""
+    name = f"fptest_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_admin_dsn.rsplit("/", 1)[0] + "/" + name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
