@@ -121,7 +121,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     forward: HeaderList = []
     request_id = b""
     authorization: bytes | None = None
-    content_length = -1
+    content_length: bytes | None = None
     for name, value in scope["headers"]:
         if name not in drop:
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -130,7 +130,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         elif name == b"x-request-id":
             request_id = value
         elif name == b"content-length":
-            content_length = _parse_length(value)
+            content_length = value
     if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
         request_id = os.urandom(12).hex().encode()
     client = scope.get("client")
@@ -138,7 +138,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     principal = ANONYMOUS
     try:
         principal = await state.auth.authenticate(authorization)
-        body = await _read_body(receive, state.settings.max_body_bytes, content_length)
+        declared = _parse_length(content_length) if content_length is not None else -1
+        body = await _read_body(receive, state.settings.max_body_bytes, declared)
         estimate = 0
         if endpoint.accounted:
             view = _decode_view(body)
