@@ -14,7 +14,13 @@ from tests.services import free_port, wait_for_port
 
 
 class Server:
-    def __init__(self, argv: list[str], env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="fastproxy-test-", suffix=".log")[1])
         full_env = {**os.environ, **(env or {})}
@@ -22,6 +28,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fastproxy", *argv, "--port", str(self.port)],
                 env=full_env,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
