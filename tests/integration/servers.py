@@ -59,6 +59,8 @@ def start_proxy(upstream_url: str, **env: str) -> Server:
         "FASTPROXY_UPSTREAM_URL": upstream_url,
         "FASTPROXY_WORKERS": "1",
         "FASTPROXY_DATABASE_URL": "",
+        # Anonymous unless a test asks for keys (FASTPROXY_AUTH="keys" plus a database URL).
+        "FASTPROXY_AUTH": "none",
         **env,
     }
     return Server(["serve"], settings)
