@@ -122,8 +122,11 @@ class Store(Protocol):
 
 
 def new_id(prefix: str) -> str:
-    """A random id that sorts by creation time (milliseconds first), so `after` cursors follow creation order."""
-    return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+    """A random id that sorts by creation time (nanoseconds first), so `after` cursors follow creation order.
+
+    Pagination only needs a stable total order, which any id gives; the clock prefix makes it creation order.
+    """
+    return f"{prefix}{time.time_ns():016x}{secrets.token_hex(6)}"
 
 
 def migrations(dialect: str) -> list[tuple[str, str]]:

@@ -104,8 +104,13 @@ class PostgresStore:
             if on_query is not None:
                 conn.add_query_logger(lambda record: on_query(record.query))
 
+        async def reset(conn: asyncpg.Connection) -> None:
+            # The default reset (unlock, CLOSE ALL, UNLISTEN, RESET ALL) costs a round trip per release;
+            # this store keeps no session state (its advisory lock is transaction-scoped).
+            return None
+
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, init=init)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, init=init, reset=reset)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
         return cls(pool)

@@ -135,6 +135,8 @@ class SqliteStore:
                 yield
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
+        except ValueError as exc:  # aiosqlite: the connection is closed
+            raise StoreError(f"SQLite connection unusable: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction(self, begin: str = "BEGIN") -> AsyncIterator[aiosqlite.Connection]:
