@@ -40,6 +40,11 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        self.stop_proc_only()
+        self.log_path.unlink(missing_ok=True)
+
+    def stop_proc_only(self) -> None:
+        """Stop the process (flushing its logs) but keep the log file for the test to read."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -47,7 +52,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        self.log_path.unlink(missing_ok=True)
 
 
 def start_mock(**env: str) -> Server:
