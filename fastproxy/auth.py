@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from fastproxy import keys
 from fastproxy.errors import AuthenticationFailed, ServiceUnavailable
@@ -20,6 +20,8 @@ from fastproxy.schemas import ANONYMOUS, Principal
 from fastproxy.store import KeyGrant, Store, StoreError
 
 log = logging.getLogger("fastproxy.auth")
+
+_STALE_RETRY_S = 1.0
 
 
 class Authenticator(Protocol):
@@ -50,8 +52,9 @@ class KeyAuthenticator:
     database. Expiry is checked against the clock on every request, so a cached key still expires
     on time. `evict_key`/`evict_user`/`clear` are how invalidations (pub/sub) reach the cache.
 
-    When the store fails, a key seen before keeps working from its stale entry; a key never seen
-    gets 503 (fail closed: the proxy cannot tell who is calling).
+    When the store fails, a key never seen gets 503 (the proxy cannot tell who is calling). A key
+    seen before keeps working from its stale entry with `on_store_error="stale"` (the default), or
+    gets 503 too with "closed".
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class KeyAuthenticator:
         ttl: float = 5.0,
         size: int = 100_000,
         negative_size: int = 10_000,
+        on_store_error: Literal["stale", "closed"] = "stale",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -68,6 +72,7 @@ class KeyAuthenticator:
         self._ttl = ttl
         self._size = size
         self._negative_size = negative_size
+        self._serve_stale = on_store_error == "stale"
         self._clock = clock
         self._wall = wall
         self._known: OrderedDict[str, _Entry] = OrderedDict()
@@ -86,14 +91,14 @@ class KeyAuthenticator:
             entry = await self._refresh(digest, entry, now)
             if entry is None:
                 raise _unknown(key)
-        self._check(entry, key)
+        self._check(entry, key, digest)
         self._used[entry.grant.key.id] = int(self._wall())
         return entry.principal
 
-    def _check(self, entry: _Entry, key: str) -> None:
+    def _check(self, entry: _Entry, key: str, digest: str) -> None:
         grant = entry.grant
         # The lookup was by hash already; compare again in constant time so a cache bug can't admit a key.
-        if not keys.same_hash(grant.key_hash, keys.hash_key(key)):
+        if not keys.same_hash(grant.key_hash, digest):
             raise _unknown(key)
         end = f"(ending in '{keys.hint(key)}')"
         if grant.key.revoked_at is not None:
@@ -123,8 +128,12 @@ class KeyAuthenticator:
         try:
             grant = await asyncio.shield(pending)
         except StoreError as exc:
-            if stale is not None:
-                log.warning("key store unavailable (%s); using a stale cache entry", exc)
+            if stale is not None and self._serve_stale:
+                # Retry this key at most once per _STALE_RETRY_S, not on every request of the outage.
+                stale.fresh_until = now + min(self._ttl, _STALE_RETRY_S)
+                log.warning(
+                    "key store unavailable (%s); serving key %s from a stale cache entry", exc, stale.grant.key.id
+                )
                 return stale
             raise ServiceUnavailable("Authentication is temporarily unavailable; please retry.") from exc
         if grant is None:

@@ -41,6 +41,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                     ttl=settings.auth_cache_ttl,
                     size=settings.auth_cache_size,
                     negative_size=settings.auth_negative_cache_size,
+                    on_store_error=settings.auth_on_store_error,
                 )
                 auth = cache
                 writer = LastUsedWriter(cache.take_used, store, settings.last_used_flush_interval)

@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     auth_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     # Unknown keys remembered (LRU), so a flood of random keys neither grows memory nor hits the database.
     auth_negative_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # Key store down: "stale" keeps serving keys already cached (new keys get 503); "closed": 503 for all.
+    auth_on_store_error: Literal["stale", "closed"] = "stale"
     last_used_flush_interval: Seconds = 5.0
     # Prefix of every Redis key and pub/sub channel this deployment uses.
     redis_prefix: str = "fastproxy:"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 
@@ -163,16 +164,32 @@ async def test_last_used_written_in_one_batch(counted: tuple[Store, Queries]) ->
     assert queries.sql == []
 
 
-async def test_store_outage_known_key_stays_unknown_key_503(database_url: str) -> None:
-    store = await open_store(database_url)
+@pytest.mark.parametrize("policy", ["stale", "closed"])
+async def test_store_outage_policy(database_url: str, policy: Literal["stale", "closed"]) -> None:
+    queries = Queries()
+    store = await open_store(database_url, on_query=queries)
     await store.migrate()
     clock = Clock()
     created = await accounts.create_key(store, "k")
-    auth = KeyAuthenticator(store, ttl=1, clock=clock)
+    auth = KeyAuthenticator(store, ttl=5, clock=clock, on_store_error=policy)
     await auth.authenticate(bearer(created.key))
     await store.close()
     clock.now += 10
-    principal = await auth.authenticate(bearer(created.key))  # stale entry, by policy
-    assert principal.key_id == created.id
+    if policy == "stale":
+        for _ in range(100):
+            principal = await auth.authenticate(bearer(created.key))
+            assert principal.key_id == created.id
+    else:
+        with pytest.raises(ServiceUnavailable):
+            await auth.authenticate(bearer(created.key))
     with pytest.raises(ServiceUnavailable):
         await auth.authenticate(bearer(keys.generate_key()))
+
+
+def test_auth_keys_needs_a_database() -> None:
+    from fastproxy.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="auth"):
+        load_settings(environ={"FASTPROXY_DATABASE_URL": ""})
+    assert load_settings(environ={"FASTPROXY_DATABASE_URL": "", "FASTPROXY_AUTH": "none"}).auth == "none"
+    assert load_settings(environ={}).auth == "keys"
