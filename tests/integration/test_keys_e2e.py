@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from fastproxy.store import open_store
 from tests.integration.servers import Server, start_proxy
 from tests.services import free_port
 
@@ -216,3 +217,28 @@ async def test_demo_prints_a_working_key(tmp_path: Path) -> None:
 async def test_readyz_pings_database_and_redis(two_proxies: list[Server], http: httpx.AsyncClient) -> None:
     doc = (await http.get(two_proxies[0].url + "/readyz")).json()
     assert doc["checks"]["database"]["ok"] is True and doc["checks"]["redis"]["ok"] is True
+
+
+async def test_last_used_flushed_at_shutdown(mock_upstream: Server, tmp_path: Path, http: httpx.AsyncClient) -> None:
+    url = f"sqlite:///{tmp_path / 'fp.db'}"
+    proxy = start_proxy(
+        mock_upstream.url + "/v1",
+        FASTPROXY_AUTH="keys",
+        FASTPROXY_DATABASE_URL=url,
+        FASTPROXY_ADMIN_KEY=ADMIN_KEY,
+        FASTPROXY_LAST_USED_FLUSH_INTERVAL="3600",
+    )
+    try:
+        created = (await http.post(proxy.url + "/admin/keys", json={"name": "k"}, headers=ADMIN)).json()
+        async with client(proxy, created["key"]) as sdk:
+            await sdk.models.list()
+        got = (await http.get(proxy.url + f"/admin/keys/{created['id']}", headers=ADMIN)).json()
+        assert got["last_used_at"] is None  # not written per request
+    finally:
+        proxy.stop()
+    store = await open_store(url)
+    try:
+        key = await store.get_key(created["id"])
+    finally:
+        await store.close()
+    assert key is not None and key.last_used_at is not None
