@@ -1,8 +1,9 @@
-"""The `fastproxy` command: serve, demo, mock-upstream."""
+"""The `fastproxy` command: serve, demo, mock-upstream, migrate, users, keys."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from fastproxy import __version__
+from fastproxy.cli_accounts import CommandError, add_commands, demo_key
 from fastproxy.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 
@@ -93,6 +95,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     os.environ[ENV_PREFIX + "WORKERS"] = "1"
     os.environ[ENV_PREFIX + "PORT"] = str(args.port)
     settings = load_settings()
+    key = "(none needed: FASTPROXY_AUTH=none)"
+    if settings.auth == "keys":
+        key = asyncio.run(demo_key(settings))
     mock = subprocess.Popen(
         [sys.executable, "-m", "fastproxy", "mock-upstream", "--port", str(upstream_port), "--delay-ms", "30"]
     )
@@ -104,7 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 host=settings.host,
                 port=settings.port,
                 upstream=settings.upstream_url,
-                key="sk-fp-demo",
+                key=key,
             ),
             flush=True,
         )
@@ -139,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunks", type=int, default=10, help="content chunks per stream")
     mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between stream chunks")
     mock.set_defaults(func=cmd_mock_upstream)
+    add_commands(sub)
     return parser
 
 
@@ -149,3 +155,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"fastproxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CommandError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from fastproxy import __version__
@@ -29,11 +30,26 @@ async def root(state: State, scope: Scope, receive: Receive, send: Send) -> None
 async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> None:
     """Readiness: every configured dependency is pinged; 503 names each one that failed."""
     checks = {"upstream": await _check_upstream(state)}
+    for name, ping in state.ready_checks:
+        checks[name] = await _check(ping)
     failed = [name for name, check in checks.items() if not check["ok"]]
     doc: dict[str, object] = {"status": "unready" if failed else "ready", "checks": checks}
     if failed:
         doc["message"] = "not ready: " + ", ".join(f"{name} ({checks[name]['error']})" for name in failed)
     await send_json(send, 503 if failed else 200, json_encoder.encode(doc))
+
+
+async def _check(ping: Callable[[], Awaitable[object]]) -> dict[str, object]:
+    """Any failure counts (a driver error, a timeout); its class name is all that is reported."""
+    started = perf_counter()
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ping()
+    except TimeoutError:
+        return {"ok": False, "error": "timeout"}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "ms": round((perf_counter() - started) * 1000, 2)}
 
 
 async def _check_upstream(state: State) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from fastproxy import probes
+from fastproxy import admin, probes
 from fastproxy.handlers import Endpoint, proxy
 from fastproxy.state import State
 from fastproxy.types import Receive, Scope, Send
@@ -42,6 +42,7 @@ MODEL_ITEM_PREFIX = "/v1/models/"
 MODEL_ITEM: dict[str, Handler] = {"GET": _to(MODELS), "DELETE": _to(MODELS)}
 PASSTHROUGH_PREFIX = "/v1/"
 PASSTHROUGH_HANDLER = _to(PASSTHROUGH)
+ADMIN_PREFIX = "/admin/"
 
 
 def resolve(path: str) -> dict[str, Handler] | Handler | None:
@@ -53,4 +54,7 @@ def resolve(path: str) -> dict[str, Handler] | Handler | None:
         return MODEL_ITEM
     if path.startswith(PASSTHROUGH_PREFIX):
         return PASSTHROUGH_HANDLER
+    # After every /v1 lookup, so the admin API costs the hot path nothing.
+    if path.startswith(ADMIN_PREFIX) or path == "/admin":
+        return admin.dispatch
     return None

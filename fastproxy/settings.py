@@ -46,6 +46,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+    # keys: every /v1 request needs a fastproxy API key; none: anonymous (benchmarks' bare mode).
+    auth: Literal["keys", "none"] = "keys"
+    # How long a key stays cached in each worker; bounds staleness when Redis pub/sub is not configured.
+    auth_cache_ttl: Seconds = 5.0
+    auth_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    # Unknown keys remembered (LRU), so a flood of random keys neither grows memory nor hits the database.
+    auth_negative_cache_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # Key store down: "stale" keeps serving keys already cached (new keys get 503); "closed": 503 for all.
+    auth_on_store_error: Literal["stale", "closed"] = "stale"
+    last_used_flush_interval: Seconds = 5.0
+    # Prefix of every Redis key and pub/sub channel this deployment uses.
+    redis_prefix: str = "fastproxy:"
+    # Apply pending schema migrations when a worker starts (safe with many instances; see store/).
+    auto_migrate: bool = True
+    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -56,6 +71,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         if self.database_url and not self.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise SettingsError(
                 f"invalid setting database_url ({ENV_PREFIX}DATABASE_URL): expected sqlite:///path or postgresql://..."
+            )
+        if self.auth == "keys" and not self.database_url:
+            raise SettingsError(
+                f"invalid setting auth ({ENV_PREFIX}AUTH): 'keys' needs a database ({ENV_PREFIX}DATABASE_URL); "
+                "use auth = 'none' to run without one"
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"invalid setting redis_url ({ENV_PREFIX}REDIS_URL): expected redis://host:port/db")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastproxy.auth import Authenticator
+from fastproxy.invalidation import Invalidator
 from fastproxy.limits import Limiter
 from fastproxy.records import RequestRecord
 from fastproxy.settings import Settings
+from fastproxy.store import Store
 from fastproxy.upstream import Upstream
 
 # Called with every finished request's record; must not block (access log, metrics, usage writer).
 Observer = Callable[[RequestRecord], None]
+# A readiness probe of one dependency: (name, coroutine function that raises when it is not usable).
+ReadyCheck = tuple[str, Callable[[], Awaitable[object]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +30,8 @@ class State:
     base_url: str
     # Headers the proxy adds to every upstream request (the provider's credentials).
     upstream_headers: tuple[tuple[str, str], ...]
+    # The key/user store; None when no database is configured (then only FASTPROXY_AUTH=none works).
+    store: Store | None = None
+    # Tells every instance's auth cache that a key or user changed (admin API).
+    invalidator: Invalidator | None = None
+    ready_checks: tuple[ReadyCheck, ...] = ()

@@ -47,6 +47,11 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        self.stop_proc_only()
+        self.log_path.unlink(missing_ok=True)
+
+    def stop_proc_only(self) -> None:
+        """Stop the process (flushing its logs) but keep the log file for the test to read."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -54,7 +59,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        self.log_path.unlink(missing_ok=True)
 
 
 def start_mock(**env: str) -> Server:
@@ -66,6 +70,8 @@ def start_proxy(upstream_url: str, **env: str) -> Server:
         "FASTPROXY_UPSTREAM_URL": upstream_url,
         "FASTPROXY_WORKERS": "1",
         "FASTPROXY_DATABASE_URL": "",
+        # Anonymous unless a test asks for keys (FASTPROXY_AUTH="keys" plus a database URL).
+        "FASTPROXY_AUTH": "none",
         **env,
     }
     return Server(["serve"], settings)

@@ -1,0 +1,179 @@
+"""`fastproxy migrate`, `fastproxy users ...` and `fastproxy keys ...`: operators' commands on the store
+named by the same settings the proxy reads (FASTPROXY_DATABASE_URL, FASTPROXY_REDIS_URL, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from fastproxy import accounts
+from fastproxy.invalidation import Invalidator, channel_name
+from fastproxy.schemas import Limits
+from fastproxy.settings import Settings, load_settings
+from fastproxy.store import ApiKey, Store, StoreError, open_store
+
+
+class CommandError(Exception):
+    """Printed as one line and exit status 1."""
+
+
+def _run(job: Callable[[Store, Settings], Awaitable[None]]) -> None:
+    settings = load_settings()
+    if not settings.database_url:
+        raise CommandError("no database configured (FASTPROXY_DATABASE_URL)")
+
+    async def main() -> None:
+        store = await open_store(settings.database_url, pool_size=2)
+        try:
+            await job(store, settings)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    except StoreError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _limits(args: argparse.Namespace) -> Limits | None:
+    values = {name: getattr(args, name) for name in Limits.__struct_fields__ if getattr(args, name) is not None}
+    return Limits(**values) if values else None
+
+
+def _when(ts: int | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _status(key: ApiKey) -> str:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= time.time():
+        return "expired"
+    return "active"
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        applied = await store.migrate()
+        print("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+    _run(job)
+
+
+def cmd_users_create(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        await store.migrate()
+        user = await accounts.create_user(store, args.name, args.email, _limits(args))
+        print(user.id)
+
+    _run(job)
+
+
+def cmd_users_list(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        after = None
+        while page := await store.list_users(100, after):
+            for u in page:
+                state = "disabled" if u.disabled else "active"
+                print(f"{u.id}  {u.name}  {u.email or '-'}  {state}  created {_when(u.created_at)}")
+            after = page[-1].id
+
+    _run(job)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        await store.migrate()
+        if args.user is not None and await store.get_user(args.user) is None:
+            raise CommandError(f"no user with id {args.user}")
+        expires = int(time.time() + args.expires_in_days * 86400) if args.expires_in_days else None
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        created = await accounts.create_key(store, args.name, args.user, models, expires, _limits(args))
+        print(f"id:  {created.id}")
+        print(f"key: {created.key}")
+        print("Store the key now: it is shown only this once.")
+
+    _run(job)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        after = None
+        while page := await store.list_keys(100, after, args.user):
+            for k in page:
+                shown = f"{k.key_prefix}...{k.key_hint}"
+                print(
+                    f"{k.id}  {shown}  {k.name}  user={k.user_id or '-'}  {_status(k)}"
+                    f"  last used {_when(k.last_used_at)}"
+                )
+            after = page[-1].id
+
+    _run(job)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        key = await store.revoke_key(args.id, int(time.time()))
+        if key is None:
+            raise CommandError(f"no API key with id {args.id}")
+        if settings.redis_url:
+            client = aioredis.from_url(settings.redis_url)
+            try:
+                await Invalidator(None, client, channel_name(settings.redis_prefix)).key_changed(key.id)
+            finally:
+                await client.aclose()
+        print(f"revoked {key.id} ({key.key_prefix}...{key.key_hint})")
+
+    _run(job)
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    for name in ("rpm", "tpm", "rpd", "tpd", "max_tokens_total"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    parser.add_argument("--max-budget-usd", dest="max_budget_usd", type=float)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    migrate = sub.add_parser("migrate", help="apply pending database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    create = users.add_parser("create", help="create a user and print its id")
+    create.add_argument("--name", required=True)
+    create.add_argument("--email")
+    _limit_flags(create)
+    create.set_defaults(func=cmd_users_create)
+    users.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    kcreate = keys.add_parser("create", help="create an API key and print it (once)")
+    kcreate.add_argument("--name", required=True)
+    kcreate.add_argument("--user", help="user id the key belongs to")
+    kcreate.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    kcreate.add_argument("--expires-in-days", dest="expires_in_days", type=float)
+    _limit_flags(kcreate)
+    kcreate.set_defaults(func=cmd_keys_create)
+    klist = keys.add_parser("list", help="list API keys (never the keys themselves)")
+    klist.add_argument("--user", help="only this user's keys")
+    klist.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+
+async def demo_key(settings: Settings) -> str:
+    """Create (or reuse) the demo user and a fresh key for it on the configured store; return the key."""
+    store = await open_store(settings.database_url, pool_size=1)
+    try:
+        await store.migrate()
+        user = next((u for u in await store.list_users(100, None) if u.name == "demo" and not u.disabled), None)
+        if user is None:
+            user = await accounts.create_user(store, "demo")
+        return (await accounts.create_key(store, "demo", user.id)).key
+    finally:
+        await store.close()

@@ -1,0 +1,165 @@
+"""Persistence of users and API keys (and, later, usage) behind one interface, two backends.
+
+`open_store(url)` picks the backend from the URL: `postgresql://` (asyncpg pool, production) or
+`sqlite:///path` (one aiosqlite connection in WAL mode, the embedded default). Both apply the
+versioned SQL files under `migrations/<dialect>/` in order, each in its own transaction, recorded in
+`schema_migrations`, serialised across processes (an advisory lock on PostgreSQL, BEGIN IMMEDIATE
+on SQLite) so that several instances starting at once are safe.
+
+Timestamps cross this interface as Unix seconds (int); `limits` as `Limits`; `allowed_models` as a
+list of names or None (every model). Nothing here ever sees a full API key, only its SHA-256 hash.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any, Protocol
+
+import msgspec
+
+from fastproxy.schemas import Limits
+
+# Called with the text of every statement sent to the database (tests count queries with it).
+QueryHook = Callable[[str], None]
+
+USER_FIELDS = frozenset({"name", "email", "limits", "disabled"})
+KEY_FIELDS = frozenset({"name", "limits", "allowed_models", "expires_at"})
+
+
+class StoreError(Exception):
+    """The database failed or is unreachable; the message never holds a secret."""
+
+
+class User(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "user"
+    name: str
+    email: str | None = None
+    created_at: int
+    disabled: bool = False
+    limits: Limits | None = None
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    """An API key as operators see it: never the key, never its hash."""
+
+    id: str
+    object: str = "api_key"
+    name: str
+    user_id: str | None = None
+    # Display form, e.g. "sk-fp-AbCd"; key_hint is the last 4 characters.
+    key_prefix: str
+    key_hint: str
+    created_at: int
+    last_used_at: int | None = None
+    expires_at: int | None = None
+    revoked_at: int | None = None
+    allowed_models: list[str] | None = None
+    limits: Limits | None = None
+
+
+class KeyGrant(msgspec.Struct, frozen=True):
+    """What authentication needs to know about one key hash."""
+
+    key: ApiKey
+    key_hash: str
+    user: User | None
+
+
+class Store(Protocol):
+    """Every method raises StoreError when the database fails; ids that do not exist give None."""
+
+    dialect: str
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the versions applied by this call (empty when up to date)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_user(self, user: User) -> None: ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def list_users(self, limit: int, after: str | None) -> list[User]:
+        """Users ordered by id (ids sort by creation time), the first `limit` with id > `after`."""
+        ...
+
+    async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> User | None:
+        """Set the given USER_FIELDS; an empty mapping just reads the user."""
+        ...
+
+    async def disable_user(self, user_id: str, now: int) -> tuple[User, list[ApiKey]] | None:
+        """Disable the user and revoke its live keys in one transaction; returns the keys it revoked."""
+        ...
+
+    async def create_key(self, key: ApiKey, key_hash: str) -> None: ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_keys(self, limit: int, after: str | None, user_id: str | None = None) -> list[ApiKey]: ...
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> ApiKey | None:
+        """Set the given KEY_FIELDS; an empty mapping just reads the key."""
+        ...
+
+    async def revoke_key(self, key_id: str, now: int) -> ApiKey | None:
+        """Mark the key revoked (idempotent: the first revocation time is kept)."""
+        ...
+
+    async def find_key(self, key_hash: str) -> KeyGrant | None:
+        """The key with this SHA-256 hex hash and its user, in one query."""
+        ...
+
+    async def touch_keys(self, used: Mapping[str, int]) -> None:
+        """Set last_used_at for many keys in one round trip (key id -> Unix seconds)."""
+        ...
+
+
+def new_id(prefix: str) -> str:
+    """A random id that sorts by creation time (nanoseconds first), so `after` cursors follow creation order.
+
+    Pagination only needs a stable total order, which any id gives; the clock prefix makes it creation order.
+    """
+    return f"{prefix}{time.time_ns():016x}{secrets.token_hex(6)}"
+
+
+def migrations(dialect: str) -> list[tuple[str, str]]:
+    """(version, SQL text) of every migration file for `dialect`, in order."""
+    folder = resources.files("fastproxy.store").joinpath("migrations", dialect)
+    files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for name, f in files]
+
+
+def encode_limits(limits: Limits | None) -> str | None:
+    return None if limits is None else msgspec.json.encode(limits).decode()
+
+
+def decode_limits(text: str | None) -> Limits | None:
+    return None if text is None else msgspec.json.decode(text, type=Limits)
+
+
+def encode_models(models: list[str] | None) -> str | None:
+    return None if models is None else msgspec.json.encode(models).decode()
+
+
+def decode_models(text: str | None) -> list[str] | None:
+    return None if text is None else msgspec.json.decode(text, type=list[str])
+
+
+async def open_store(url: str, on_query: QueryHook | None = None, pool_size: int = 10) -> Store:
+    """Connect to the database named by `url`; raises StoreError if it cannot."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from fastproxy.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url, on_query=on_query, pool_size=pool_size)
+    if url.startswith("sqlite://"):
+        from fastproxy.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(url, on_query=on_query)
+    raise StoreError("unsupported database URL: expected sqlite:///path or postgresql://...")
