@@ -35,7 +35,10 @@ async def _raw(
 
 def _access_records(server: Server) -> dict[str, dict[str, Any]]:
     records = {}
-    for line in server.log().splitlines():
+    text = server.log()
+    # The log is read while the proxy writes it: a last line without its newline is not complete yet.
+    complete = text[: text.rfind("\n") + 1]
+    for line in complete.splitlines():
         if line.startswith('{"request_id"'):
             doc = json.loads(line)
             records[doc["request_id"]] = doc

@@ -32,6 +32,9 @@ async def app(upstream: FakeUpstream) -> AsyncIterator[FastProxy]:
             "FASTPROXY_UPSTREAM_API_KEY": "sk-up-0000000000001111",
             "FASTPROXY_MAX_BODY_BYTES": "4096",
             "FASTPROXY_ACCESS_LOG": "false",
+            # The proxy core alone: keys are tested in test_key_auth and the key end-to-end tests.
+            "FASTPROXY_AUTH": "none",
+            "FASTPROXY_DATABASE_URL": "",
         }
     )
     proxy = FastProxy(settings, upstream_factory=upstream.factory)
