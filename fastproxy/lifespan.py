@@ -7,8 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastproxy.auth import OpenAccess
-from fastproxy.limits import NoLimits
 from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.ratelimit import build_limiter
 from fastproxy.settings import Settings
 from fastproxy.state import State
 from fastproxy.upstream import AiohttpUpstream, Upstream
@@ -24,6 +24,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
     try:
         log.info("starting with settings %s", settings.masked())
         upstream = upstream_factory(settings)
+        limiter = build_limiter(settings)
         try:
             auth = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             observers = (AccessLog().write,) if settings.access_log else ()
@@ -31,12 +32,13 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                 settings=settings,
                 upstream=upstream,
                 auth=OpenAccess(),
-                limiter=NoLimits(),
+                limiter=limiter,
                 observers=observers,
                 base_url=settings.upstream_url.rstrip("/"),
                 upstream_headers=auth,
             )
         finally:
+            await limiter.close()
             await upstream.close()
     finally:
         listener.stop()

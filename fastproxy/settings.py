@@ -14,7 +14,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from fastproxy.schemas import Limits
+
 ENV_PREFIX = "FASTPROXY_"
+# Structured settings: a TOML table in the file, a JSON object in the environment.
+JSON_FIELDS = frozenset({"global_limits", "ip_limits"})
 SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url"})
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -46,6 +50,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+    # Rate limits over all clients together, and per client IP (TOML table or JSON object,
+    # e.g. {"rpm": 600, "tpm": 100000}); keys and users carry their own limits.
+    global_limits: Limits | None = None
+    ip_limits: Limits | None = None
+    # Prepended to every Redis key fastproxy writes (isolates deployments, or test runs, sharing a Redis).
+    redis_key_prefix: str = ""
+    # How long a Redis call may take before the rate-limit failure policy applies.
+    redis_timeout: Seconds = 0.005
+    # After a Redis failure, how long to serve by the failure policy before trying Redis again.
+    redis_retry_interval: Seconds = 1.0
+    # Redis unreachable or slow: fail_open uses per-instance in-process limits; fail_closed answers 503.
+    ratelimit_failure: Literal["fail_open", "fail_closed"] = "fail_open"
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -99,7 +115,12 @@ def load_settings(config_path: str | None = None, environ: Mapping[str, str] | N
     for key, value in env.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX) :].lower()
-            if name in fields:
+            if name in JSON_FIELDS:
+                try:
+                    raw[name] = msgspec.json.decode(value)
+                except msgspec.DecodeError as exc:
+                    raise SettingsError(f"invalid setting {name} ({key}): expected a JSON object: {exc}") from exc
+            elif name in fields:
                 raw[name] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)

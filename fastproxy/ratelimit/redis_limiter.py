@@ -1,0 +1,174 @@
+"""Token buckets in Redis, shared by every proxy instance: one EVALSHA per admit and per settle.
+
+The script (ratelimit.lua) is loaded once per client through redis-py's `register_script`, which
+runs EVALSHA and loads the script again when Redis answers NOSCRIPT (after a restart or a SCRIPT
+FLUSH). Redis errors and timeouts never reach the handlers: the failure policy decides.
+
+    fail_open (default): serve from the in-process limiter, log once per outage, count it.
+    fail_closed: 503 service_unavailable.
+
+After a failure Redis is left alone for `retry_interval` seconds (so an outage costs no timeout per
+request), then the next request tries it again: recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from fastproxy.errors import ServiceUnavailable
+from fastproxy.limits import Admission
+from fastproxy.ratelimit import core
+from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
+from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
+from fastproxy.ratelimit.local import Clock, LocalLimiter
+from fastproxy.ratelimit.replies import BucketLevel, Taken
+from fastproxy.schemas import Principal, TokenUsage
+
+log = logging.getLogger("fastproxy.ratelimit")
+
+_FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def load_script() -> str:
+    return resources.files("fastproxy.ratelimit").joinpath("ratelimit.lua").read_text()
+
+
+def connect(url: str, timeout: float) -> Redis:
+    """A client that gives up after `timeout` seconds and never retries on its own.
+
+    A retried script could take twice; the limiter's failure policy is the one place that decides.
+    """
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
+class RedisStore:
+    """The BucketStore protocol over one Redis script."""
+
+    def __init__(self, client: Redis, script: str) -> None:
+        self.client = client
+        self._script = client.register_script(script)
+
+    async def _run(self, buckets: Sequence[Bucket], mode: str, costs: Sequence[int]) -> Any:
+        args: list[str | int] = [mode]
+        for bucket, cost in zip(buckets, costs, strict=True):
+            args += (bucket.capacity, bucket.period, cost)
+        try:
+            return await self._script(keys=[b.key for b in buckets], args=args)
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
+        reply = await self._run(buckets, "take", costs)
+        if reply[0] != 1:
+            return Taken(ok=False, refused=int(reply[1]) - 1, level=int(reply[2]), retry_ms=int(reply[3]))
+        return Taken(ok=True, remaining=tuple(reply[1::2]), reset_ms=tuple(reply[2::2]))
+
+    async def force(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> None:
+        await self._run(buckets, "force", costs)
+
+    async def peek(self, buckets: Sequence[Bucket]) -> list[tuple[float, int]]:
+        reply = await self._run(buckets, "peek", [0] * len(buckets))
+        return [(float(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+class RedisLimiter:
+    """The Limiter Protocol over a RedisStore, with the failure policy and the in-process fallback.
+
+    `fallbacks` counts requests served without Redis (fail_open) or refused for its absence
+    (fail_closed); `settle_failures` counts reconciliations lost to an outage.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        client: Redis,
+        *,
+        fail_open: bool = True,
+        retry_interval: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.planner = planner
+        self.store = RedisStore(client, load_script())
+        self.fallback = LocalLimiter(planner, clock)
+        self._fail_open = fail_open
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._retry_at = 0.0
+        self._degraded = False
+        self.fallbacks = 0
+        self.settle_failures = 0
+
+    async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
+        plan = self.planner.plan(principal, client_ip)
+        if plan is EMPTY_PLAN:
+            return Admission(principal, estimate, [])
+        core.check_sizes(plan, estimate)
+        costs = core.costs_of(plan, estimate)
+        if not self._degraded or self._clock() >= self._retry_at:
+            try:
+                taken = await self.store.take(plan.buckets, costs)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                if self._degraded:
+                    self._degraded = False
+                    log.warning("Redis is back: rate limits are shared across instances again")
+                return core.admitted(principal, estimate, plan, taken, self.store)
+        self.fallbacks += 1
+        if not self._fail_open:
+            raise ServiceUnavailable("The rate limiter is unavailable; please retry shortly.")
+        taken = self.fallback.store.take_now(plan.buckets, costs)
+        return core.admitted(principal, estimate, plan, taken, self.fallback.store)
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self._retry_at = self._clock() + self._retry_interval
+        if not self._degraded:
+            self._degraded = True
+            policy = "in-process limits (per instance)" if self._fail_open else "503 for limited requests"
+            log.warning("Redis unavailable for rate limits (%s); until it is back: %s", exc, policy)
+
+    async def settle(self, admission: Admission, usage: TokenUsage | None) -> None:
+        todo = core.settlement(admission, usage)
+        if todo is None:
+            return
+        tokens, delta = todo
+        assert isinstance(admission, BucketAdmission)
+        store = admission.store
+        try:
+            if store is self.store:
+                await self.store.force(tokens, [delta] * len(tokens))
+            else:
+                await self.fallback.store.force(tokens, [delta] * len(tokens))
+        except StoreUnavailable as exc:
+            # The reservation stands in place of the real usage: the error is bounded by the estimate.
+            self.settle_failures += 1
+            log.debug("rate-limit settle lost: %s", exc)
+
+    async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:
+        """Each applicable bucket's current level in Redis, without taking anything.
+
+        Raises ServiceUnavailable when Redis does not answer (an operator should see that, not guesses).
+        """
+        try:
+            return await core.levels_of(self.store, self.planner, principal, client_ip)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("Redis is unavailable: bucket levels cannot be read.") from exc
+
+    async def close(self) -> None:
+        await self.store.client.aclose()
