@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -37,24 +37,30 @@ from fastproxy.schemas import Principal, TokenUsage
 log = logging.getLogger("fastproxy.ratelimit")
 
 _FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
+# Connections per worker. A burst larger than this queues for a free connection (load, not an outage)
+# for at most _POOL_WAIT seconds instead of failing over or opening sockets without bound.
+POOL_SIZE: Final = 128
+_POOL_WAIT: Final = 1.0
 
 
 def load_script() -> str:
     return resources.files("fastproxy.ratelimit").joinpath("ratelimit.lua").read_text()
 
 
-def connect(url: str, timeout: float) -> Redis:
-    """A client that gives up after `timeout` seconds and never retries on its own.
+def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Redis:
+    """A client whose calls give up after `timeout` seconds and are never retried on their own.
 
     A retried script could take twice; the limiter's failure policy is the one place that decides.
     """
-    client: Redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=pool_size,
+        timeout=_POOL_WAIT,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
-    return client
+    return Redis.from_pool(pool)
 
 
 class RedisStore:
