@@ -14,6 +14,7 @@ request), then the next request tries it again: recovery needs no restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -77,6 +78,10 @@ class RedisStore:
         try:
             return await self._script(keys=[b.key for b in buckets], args=args)
         except _FAILURES as exc:
+            # The idle connections most likely went down with this one (a restart, a failover): drop
+            # them now, or each would fail once more after Redis is back.
+            with contextlib.suppress(*_FAILURES):
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
