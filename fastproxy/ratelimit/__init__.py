@@ -9,11 +9,15 @@ redis_limiter  the shared store: one Lua script, one round trip per admit and pe
 
 from __future__ import annotations
 
+import logging
+
 from fastproxy.limits import Limiter
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.local import LocalLimiter
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
 from fastproxy.settings import Settings
+
+log = logging.getLogger("fastproxy.ratelimit")
 
 
 def build_limiter(settings: Settings) -> Limiter:
@@ -23,6 +27,7 @@ def build_limiter(settings: Settings) -> Limiter:
     """
     planner = Planner(settings.redis_key_prefix, settings.global_limits, settings.ip_limits)
     if settings.redis_url:
+        log.info("rate limits: in Redis, shared by every instance (when Redis fails: %s)", settings.ratelimit_failure)
         client = connect(settings.redis_url, settings.redis_timeout)
         return RedisLimiter(
             planner,
@@ -30,6 +35,7 @@ def build_limiter(settings: Settings) -> Limiter:
             fail_open=settings.ratelimit_failure == "fail_open",
             retry_interval=settings.redis_retry_interval,
         )
+    log.info("rate limits: in process, per instance (no redis_url)")
     return LocalLimiter(planner)
 
 

@@ -48,15 +48,15 @@ class Bucket(msgspec.Struct, frozen=True, gc=False):
         return self.period == LIFETIME
 
 
-class Plan(msgspec.Struct, frozen=True, gc=False):
-    """The buckets of one request: request-count buckets first, then token buckets."""
+class Plan:
+    """The buckets of one request, request-count buckets first, then token buckets; built once, reused."""
 
-    requests: tuple[Bucket, ...]
-    tokens: tuple[Bucket, ...]
+    __slots__ = ("buckets", "requests", "tokens")
 
-    @property
-    def buckets(self) -> tuple[Bucket, ...]:
-        return self.requests + self.tokens
+    def __init__(self, requests: tuple[Bucket, ...], tokens: tuple[Bucket, ...]) -> None:
+        self.requests = requests
+        self.tokens = tokens
+        self.buckets = requests + tokens
 
 
 EMPTY_PLAN: Final = Plan((), ())
@@ -78,29 +78,34 @@ def subject_buckets(prefix: str, subject: str, label: str, limits: Limits | None
 class Planner:
     """Builds the Plan of a request from its Principal, its client IP and the configured limits.
 
-    Key and user buckets are cached per Principal (a frozen value: when an admin changes limits,
-    auth hands out a new Principal and the new limits apply to the next request).
+    Plans are cached per (Principal, client IP when IP limits are set). A Principal is a frozen
+    value: when an admin changes limits, auth hands out a new one and the new limits apply to the
+    next request.
     """
 
     def __init__(self, prefix: str, global_limits: Limits | None, ip_limits: Limits | None) -> None:
         self._prefix = prefix
         self._global = subject_buckets(prefix, "global", "all clients (global)", global_limits)
         self._ip_limits = ip_limits if ip_limits is not None and subject_buckets("", "", "", ip_limits) else None
-        self._cache: dict[Principal, tuple[Bucket, ...]] = {}
+        self._cache: dict[tuple[Principal, str | None], Plan] = {}
         self._idle = not self._global and self._ip_limits is None
 
     def plan(self, principal: Principal, client_ip: str | None) -> Plan:
         if self._idle and principal.key_limits is None and principal.user_limits is None:
             return EMPTY_PLAN  # nothing configured anywhere: no lookup, no round trip
-        own = self._cache.get(principal)
-        if own is None:
-            own = self._principal_buckets(principal)
+        ip = client_ip if self._ip_limits is not None else None
+        plan = self._cache.get((principal, ip))
+        if plan is None:
+            plan = self._build(principal, ip)
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            self._cache[principal] = own
-        every = own + self._global
-        if self._ip_limits is not None and client_ip:
-            every += subject_buckets(self._prefix, "ip:" + client_ip, "client IP " + client_ip, self._ip_limits)
+            self._cache[(principal, ip)] = plan
+        return plan
+
+    def _build(self, principal: Principal, ip: str | None) -> Plan:
+        every = self._principal_buckets(principal) + self._global
+        if ip:
+            every += subject_buckets(self._prefix, "ip:" + ip, "client IP " + ip, self._ip_limits)
         if not every:
             return EMPTY_PLAN
         return Plan(tuple(b for b in every if not b.tokens), tuple(b for b in every if b.tokens))

@@ -13,8 +13,8 @@ from typing import Protocol
 from fastproxy.limits import Admission
 from fastproxy.ratelimit import replies
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Plan, Planner
-from fastproxy.ratelimit.replies import BucketLevel, Taken
-from fastproxy.schemas import Principal, TokenUsage
+from fastproxy.ratelimit.replies import Taken
+from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 from fastproxy.types import RawHeaders
 
 

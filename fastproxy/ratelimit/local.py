@@ -14,8 +14,8 @@ from typing import Final
 from fastproxy.limits import Admission
 from fastproxy.ratelimit import core
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
-from fastproxy.ratelimit.replies import BucketLevel, Taken
-from fastproxy.schemas import Principal, TokenUsage
+from fastproxy.ratelimit.replies import Taken
+from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 Clock = Callable[[], float]
 # Drop full buckets (the equivalent of Redis expiry) every this many operations.

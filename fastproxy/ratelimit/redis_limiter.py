@@ -32,8 +32,8 @@ from fastproxy.ratelimit import core
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
 from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
-from fastproxy.ratelimit.replies import BucketLevel, Taken
-from fastproxy.schemas import Principal, TokenUsage
+from fastproxy.ratelimit.replies import Taken
+from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 log = logging.getLogger("fastproxy.ratelimit")
 

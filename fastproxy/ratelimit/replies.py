@@ -23,19 +23,6 @@ class Taken(msgspec.Struct, frozen=True, gc=False):
     retry_ms: int = -1
 
 
-class BucketLevel(msgspec.Struct, frozen=True, gc=False):
-    """A bucket's current level, for operators (GET /admin/keys/{id}/limits)."""
-
-    name: str
-    kind: str
-    capacity: int
-    # Seconds to refill from empty; 0 for a lifetime quota.
-    period: int
-    remaining: float
-    # Milliseconds until the bucket is full again (0 when full; -1 for a lifetime quota in use).
-    reset_ms: int
-
-
 def go_duration(ms: int) -> bytes:
     """A duration in Go's time.Duration.String() form, as OpenAI sends resets: 12ms, 1s, 1.5s, 6m0s, 1h2m3s."""
     if ms <= 0:
@@ -88,10 +75,13 @@ def refused(bucket: Bucket, used: int, requested: int, retry_ms: int) -> RateLim
 
 def too_large(bucket: Bucket, requested: int) -> RateLimited:
     """The 429 for a request that no amount of waiting would admit: it asks for more than the capacity."""
-    kind = "tokens" if bucket.tokens else "requests"
+    if not bucket.tokens:
+        err = RateLimited(f"No requests are allowed: the limit of {bucket.name} is {bucket.capacity}.")
+        err.type = "requests"
+        return err
     err = RateLimited(
         f"Request too large for {bucket.name}: Limit {bucket.capacity}, Requested {requested}. "
         "The input or output tokens must be reduced in order to run successfully."
     )
-    err.type = kind
+    err.type = "tokens"
     return err

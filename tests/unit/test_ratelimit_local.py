@@ -113,6 +113,13 @@ async def test_estimate_larger_than_capacity_is_refused_at_once(clock: FakeClock
     assert level.remaining == 100
 
 
+async def test_zero_limit_refuses_everything(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    with pytest.raises(RateLimited) as info:
+        await lim.admit(key(rpm=0), 0, None)
+    assert info.value.message == "No requests are allowed: the limit of requests per minute for key sk-fp-...abcd is 0."
+
+
 async def test_settle_reconciles_to_the_real_usage(clock: FakeClock) -> None:
     lim = limiter(clock)
     p = key(max_tokens_total=10_000)
