@@ -56,8 +56,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ip_limits: Limits | None = None
     # Prepended to every Redis key fastproxy writes (isolates deployments, or test runs, sharing a Redis).
     redis_key_prefix: str = ""
-    # How long a Redis call may take before the rate-limit failure policy applies.
-    redis_timeout: Seconds = 0.005
+    # How long a Redis call may take before the rate-limit failure policy applies. It also measures the
+    # worker's own event-loop delay: at 5 ms and 20 ms a saturated worker failed over spuriously.
+    redis_timeout: Seconds = 0.05
     # After a Redis failure, how long to serve by the failure policy before trying Redis again.
     redis_retry_interval: Seconds = 1.0
     # Redis unreachable or slow: fail_open uses per-instance in-process limits; fail_closed answers 503.

@@ -166,7 +166,7 @@ def main() -> None:
                 "FASTPROXY_REDIS_URL": redis_url,
                 "FASTPROXY_REDIS_KEY_PREFIX": prefix,
                 # Generous: a fallback would measure the in-process path instead (reported if it happens).
-                "FASTPROXY_REDIS_TIMEOUT": "0.5",
+                "FASTPROXY_REDIS_TIMEOUT": os.environ.get("BENCH_REDIS_TIMEOUT", "0.5"),
             },
         ),
     ]

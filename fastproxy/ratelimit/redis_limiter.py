@@ -60,6 +60,8 @@ def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Redis:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        # RESP2: nothing here needs RESP3, and its replies parse measurably faster (see bench/ratelimit).
+        protocol=2,
     )
     return Redis.from_pool(pool)
 

@@ -18,6 +18,7 @@ from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
 from fastproxy.schemas import ANONYMOUS, Limits
 from tests.integration.servers import Server, start_proxy
 from tests.own_redis import OwnRedis
+from tests.services import free_port
 
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": "Hello"}]}
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
@@ -27,8 +28,9 @@ class Proxies:
     def __init__(self) -> None:
         self.started: list[Server] = []
 
-    def __call__(self, upstream: Server, **env: str) -> Server:
-        server = start_proxy(upstream.url + "/v1", FASTPROXY_ACCESS_LOG="false", **env)
+    def __call__(self, upstream: Server | str, **env: str) -> Server:
+        url = upstream if isinstance(upstream, str) else upstream.url + "/v1"
+        server = start_proxy(url, FASTPROXY_ACCESS_LOG="false", **env)
         self.started.append(server)
         return server
 
@@ -176,6 +178,41 @@ async def test_reconciliation_leaves_exactly_the_real_usage(
                 break
             await asyncio.sleep(0.05)
         assert remaining == quota - used
+    finally:
+        await checker.close()
+
+
+async def test_failed_requests_give_their_reservation_back(
+    proxies: Proxies,
+    mock_upstream: Server,
+    http: httpx.AsyncClient,
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: Any,
+) -> None:
+    quota = 50_000
+    limits = f'{{"max_tokens_total": {quota}}}'
+    env = redis_env(redis_url, redis_prefix, FASTPROXY_GLOBAL_LIMITS=limits)
+    proxy = proxies(mock_upstream, **env)
+    for status in ("400", "429", "500"):
+        resp = await http.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={"x-mock-status": status})
+        assert resp.status_code == int(status)
+    nowhere = proxies(f"http://127.0.0.1:{free_port()}/v1", **env)
+    resp = await http.post(nowhere.url + "/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 502
+    ok = await http.post(proxy.url + "/v1/chat/completions", json=CHAT)
+    expected = quota - ok.json()["usage"]["total_tokens"]
+    checker = RedisLimiter(Planner(redis_prefix, Limits(max_tokens_total=quota), None), connect(redis_url, 2.0))
+    try:
+        remaining = -1.0
+        for _ in range(100):
+            (level,) = await checker.levels(ANONYMOUS)
+            remaining = level.remaining
+            if remaining == expected:
+                break
+            await asyncio.sleep(0.05)
+        # Four reservations of ~1030 tokens each were given back; the one success cost its real usage.
+        assert remaining == expected
     finally:
         await checker.close()
 
