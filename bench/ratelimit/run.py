@@ -1,6 +1,6 @@
 """Proxy CPU time per request with no limits, in-process limits and Redis limits, in one run.
 
-    python bench/ratelimit/run.py [--duration 5] [--warmup 1] [--connections 32]
+    python bench/ratelimit/run.py [--duration 5] [--warmup 2] [--connections 32] [--rounds 1]
 
 The proxy (one Granian worker) is pinned to CPU 0; wrk and the mock provider share CPU 1. For each
 configuration: start the proxy, warm up, then run wrk for --duration seconds and read the CPU time
@@ -19,11 +19,13 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +114,22 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[int, int, str]:
     return int(done.group(1)), int(bad.group(1)) if bad else 0, errors.group(1) if errors else ""
 
 
-def measure(name: str, upstream: str, env: dict[str, str], args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+@dataclass
+class Result:
+    name: str
+    requests: int
+    seconds: int
+    non_2xx: int
+    socket_errors: str
+    cpu_s: float
+    fallback_log: list[str]
+
+    @property
+    def us_per_request(self) -> float:
+        return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
+
+
+def measure(name: str, upstream: str, env: dict[str, str], args: argparse.Namespace, tmp: Path) -> Result:
     port = free_port()
     log = tmp / f"proxy-{name}.log"
     proxy_env = {
@@ -136,16 +153,8 @@ def measure(name: str, upstream: str, env: dict[str, str], args: argparse.Namesp
     finally:
         stop(proc)
     text = log.read_text(errors="replace")
-    return {
-        "name": name,
-        "requests": done,
-        "rps": done / args.duration,
-        "non_2xx": bad,
-        "socket_errors": errors,
-        "cpu_s": used,
-        "us_per_req": used / done * 1e6 if done else float("nan"),
-        "fell_back": "Redis unavailable" in text,
-    }
+    fallback = [ln for ln in text.splitlines() if "Redis unavailable" in ln or "Redis is back" in ln]
+    return Result(name, done, args.duration, bad, errors, used, fallback)
 
 
 def main() -> None:
@@ -153,6 +162,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     redis_url = os.environ.get("FASTPROXY_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
@@ -165,8 +175,9 @@ def main() -> None:
                 "FASTPROXY_GLOBAL_LIMITS": LIMITS,
                 "FASTPROXY_REDIS_URL": redis_url,
                 "FASTPROXY_REDIS_KEY_PREFIX": prefix,
-                # Generous: a fallback would measure the in-process path instead (reported if it happens).
-                "FASTPROXY_REDIS_TIMEOUT": os.environ.get("BENCH_REDIS_TIMEOUT", "0.5"),
+                # The default timeout unless BENCH_REDIS_TIMEOUT says otherwise; a fallback to in-process
+                # limits would measure the wrong path, so it is reported.
+                "FASTPROXY_REDIS_TIMEOUT": os.environ.get("BENCH_REDIS_TIMEOUT", "0.05"),
             },
         ),
     ]
@@ -187,7 +198,9 @@ def main() -> None:
         mock = start(["mock-upstream", "--port", str(mock_port)], 1, {}, tmp / "mock.log")
         try:
             wait_for_port(mock_port)
-            results = [measure(name, f"http://127.0.0.1:{mock_port}/v1", env, args, tmp) for name, env in configs]
+            upstream = f"http://127.0.0.1:{mock_port}/v1"
+            # Rounds interleave the configurations, so a burst of other load on the machine hits all of them.
+            results = [measure(n, upstream, env, args, tmp) for _ in range(args.rounds) for n, env in configs]
         finally:
             stop(mock)
             keys = subprocess.run(
@@ -198,20 +211,28 @@ def main() -> None:
             ).stdout.split()
             if keys:
                 subprocess.run(["redis-cli", "-u", redis_url, "del", *keys], capture_output=True, check=False)
-    base = float(str(results[0]["us_per_req"]))
     print(f"load average after: {os.getloadavg()[0]:.2f} (other work on this machine skews absolute numbers)")
     print()
-    print("| configuration | requests | req/s | non-2xx | proxy CPU µs/request | added vs no limits |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        us = float(str(r["us_per_req"]))
-        note = " (fell back to in-process!)" if r["fell_back"] else ""
+    print("| round | configuration | requests | req/s | non-2xx | proxy CPU µs/request |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for i, r in enumerate(results):
+        note = " (fell back to in-process!)" if r.fallback_log else ""
         print(
-            f"| {r['name']}{note} | {r['requests']} | {float(str(r['rps'])):.0f} | {r['non_2xx']} "
-            f"| {us:.0f} | {us - base:+.0f} µs ({(us / base - 1) * 100:+.1f}%) |"
+            f"| {i // len(configs) + 1} | {r.name}{note} | {r.requests} | {r.requests / r.seconds:.0f} "
+            f"| {r.non_2xx} | {r.us_per_request:.0f} |"
         )
-        if r["socket_errors"]:
-            print(f"  socket errors: {r['socket_errors']}")
+    print()
+    print("| configuration | median proxy CPU µs/request | added vs no limits |")
+    print("|---|---:|---:|")
+    base = statistics.median(r.us_per_request for r in results if r.name == configs[0][0])
+    for name, _ in configs:
+        us = statistics.median(r.us_per_request for r in results if r.name == name)
+        print(f"| {name} | {us:.0f} | {us - base:+.0f} µs ({(us / base - 1) * 100:+.0f}%) |")
+    for r in results:
+        for line in r.fallback_log:
+            print(f"{r.name}: proxy log: {line}")
+        if r.socket_errors:
+            print(f"{r.name}: wrk socket errors: {r.socket_errors}")
 
 
 if __name__ == "__main__":
