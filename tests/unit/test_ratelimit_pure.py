@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Planner
@@ -108,3 +110,13 @@ def test_limits_settings_from_env_and_errors() -> None:
         load_settings(environ={"FASTPROXY_GLOBAL_LIMITS": '{"rpx": 5}'})
     with pytest.raises(SettingsError, match="ratelimit_failure"):
         load_settings(environ={"FASTPROXY_RATELIMIT_FAILURE": "maybe"})
+
+
+def test_limits_settings_from_toml(tmp_path: Path) -> None:
+    config = tmp_path / "fastproxy.toml"
+    config.write_text(
+        'redis_key_prefix = "prod:"\n\n[global_limits]\nrpm = 600\ntpm = 100000\n\n[ip_limits]\nrpd = 50\n'
+    )
+    s = load_settings(str(config), environ={})
+    assert s.global_limits == Limits(rpm=600, tpm=100_000) and s.ip_limits == Limits(rpd=50)
+    assert s.redis_key_prefix == "prod:" and s.ratelimit_failure == "fail_open"
