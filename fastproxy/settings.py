@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     redis_retry_interval: Seconds = 1.0
     # Redis unreachable or slow: fail_open uses per-instance in-process limits; fail_closed answers 503.
     ratelimit_failure: Literal["fail_open", "fail_closed"] = "fail_open"
+    # Token reconciliations (real usage minus the reserved estimate) are sent to Redis together, this
+    # often, instead of one round trip per request; 0 sends each at once.
+    ratelimit_settle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.05
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):

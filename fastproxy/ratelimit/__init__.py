@@ -34,6 +34,7 @@ def build_limiter(settings: Settings) -> Limiter:
             client,
             fail_open=settings.ratelimit_failure == "fail_open",
             retry_interval=settings.redis_retry_interval,
+            settle_interval=settings.ratelimit_settle_interval,
         )
     log.info("rate limits: in process, per instance (no redis_url)")
     return LocalLimiter(planner)

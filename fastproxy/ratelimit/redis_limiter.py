@@ -33,6 +33,7 @@ from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
 from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
+from fastproxy.ratelimit.settler import Settler
 from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 log = logging.getLogger("fastproxy.ratelimit")
@@ -107,6 +108,10 @@ class RedisLimiter:
     (fail_closed); `settle_failures` counts reconciliations lost to an outage.
     """
 
+    @property
+    def settle_failures(self) -> int:
+        return self._settle_failures + (self.settler.lost if self.settler is not None else 0)
+
     def __init__(
         self,
         planner: Planner,
@@ -114,10 +119,13 @@ class RedisLimiter:
         *,
         fail_open: bool = True,
         retry_interval: float = 1.0,
+        settle_interval: float = 0.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.planner = planner
         self.store = RedisStore(client, load_script())
+        # 0: one round trip per settle; otherwise reconciliations are coalesced (see settler.py).
+        self.settler = Settler(self.store, settle_interval) if settle_interval > 0 else None
         self.fallback = LocalLimiter(planner, clock)
         self._fail_open = fail_open
         self._retry_interval = retry_interval
@@ -125,7 +133,7 @@ class RedisLimiter:
         self._retry_at = 0.0
         self._degraded = False
         self.fallbacks = 0
-        self.settle_failures = 0
+        self._settle_failures = 0
 
     async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
         plan = self.planner.plan(principal, client_ip)
@@ -162,16 +170,17 @@ class RedisLimiter:
             return
         tokens, delta = todo
         assert isinstance(admission, BucketAdmission)
-        store = admission.store
-        try:
-            if store is self.store:
+        if admission.store is not self.store:
+            await self.fallback.store.force(tokens, [delta] * len(tokens))
+        elif self.settler is not None:
+            self.settler.add(tokens, delta)
+        else:
+            try:
                 await self.store.force(tokens, [delta] * len(tokens))
-            else:
-                await self.fallback.store.force(tokens, [delta] * len(tokens))
-        except StoreUnavailable as exc:
-            # The reservation stands in place of the real usage: the error is bounded by the estimate.
-            self.settle_failures += 1
-            log.debug("rate-limit settle lost: %s", exc)
+            except StoreUnavailable as exc:
+                # The reservation stands in place of the real usage: an error bounded by the estimate.
+                self._settle_failures += 1
+                log.debug("rate-limit settle lost: %s", exc)
 
     async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:
         """Each applicable bucket's current level in Redis, without taking anything.
@@ -179,9 +188,14 @@ class RedisLimiter:
         Raises ServiceUnavailable when Redis does not answer (an operator should see that, not guesses).
         """
         try:
+            if self.settler is not None:
+                await self.settler.flush()  # this instance's pending reconciliations first
             return await core.levels_of(self.store, self.planner, principal, client_ip)
         except StoreUnavailable as exc:
             raise ServiceUnavailable("Redis is unavailable: bucket levels cannot be read.") from exc
 
     async def close(self) -> None:
+        """Apply pending reconciliations, then close the connections."""
+        if self.settler is not None:
+            await self.settler.close()
         await self.store.client.aclose()

@@ -37,10 +37,15 @@ class Limiters:
         timeout: float = 2.0,
         fail_open: bool = True,
         retry_interval: float = 1.0,
+        settle_interval: float = 0.0,
     ) -> RedisLimiter:
         client: Redis = connect(url or self.url, timeout)
         lim = RedisLimiter(
-            Planner(self.prefix, global_limits, ip_limits), client, fail_open=fail_open, retry_interval=retry_interval
+            Planner(self.prefix, global_limits, ip_limits),
+            client,
+            fail_open=fail_open,
+            retry_interval=retry_interval,
+            settle_interval=settle_interval,
         )
         self._made.append(lim)
         return lim

@@ -69,8 +69,9 @@ async def test_refill_admits_at_the_configured_rate(limiters: Limiters, redis_cl
     assert admitted >= 4
 
 
-async def test_reservation_and_reconciliation_are_exact(limiters: Limiters) -> None:
-    lim = limiters()
+@pytest.mark.parametrize("settle_interval", [0.0, 0.05])
+async def test_reservation_and_reconciliation_are_exact(limiters: Limiters, settle_interval: float) -> None:
+    lim = limiters(settle_interval=settle_interval)
     p = key(max_tokens_total=100_000, tpm=50_000)
     real: list[int | None] = [30, 1500, None, 0, 64, 999]
     estimate = 700
@@ -82,6 +83,29 @@ async def test_reservation_and_reconciliation_are_exact(limiters: Limiters) -> N
     used = 30 + 1500 + estimate + 0 + 64 + 999
     assert levels[0].remaining == 100_000 - used  # the lifetime quota: no refill, so exact
     assert 50_000 - used <= levels[60].remaining < 50_000 - used + 1000  # refilling meanwhile
+
+
+async def test_settles_are_coalesced_and_drained_on_close(own_redis: OwnRedis) -> None:
+    p = key(max_tokens_total=1_000_000)
+    lim = RedisLimiter(Planner("t:", None, None), connect(own_redis.url, 2.0), settle_interval=60)
+    reader = RedisLimiter(Planner("t:", None, None), connect(own_redis.url, 2.0))
+    try:
+        await lim.admit(p, 0, None)  # loads the script
+        await reader.store.client.config_resetstat()
+        for i in range(50):
+            await lim.settle(await lim.admit(p, 100, None), TokenUsage(total=i))
+        stats = await reader.store.client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 50  # the admits; the 50 settles are still pending
+        (level,) = await reader.levels(p)
+        assert level.remaining == 1_000_000 - 50 * 100  # other instances see the reservations at once
+        await lim.close()  # drains: the pending differences reach Redis
+        (level,) = await reader.levels(p)
+        assert level.remaining == 1_000_000 - sum(range(50))
+        stats = await reader.store.client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 50 + 1 + 2  # + one flush + the reader's two peeks
+    finally:
+        await lim.close()
+        await reader.close()
 
 
 async def test_levels_do_not_consume(limiters: Limiters) -> None:
