@@ -1,12 +1,13 @@
 """Proxy CPU time per request with no limits, in-process limits and Redis limits, in one run.
 
-    python bench/ratelimit/run.py [--duration 5] [--warmup 2] [--connections 32] [--rounds 1]
+    python bench/ratelimit/run.py [--duration 3] [--warmup 1] [--connections 32] [--rounds 1]
 
 The proxy (one Granian worker) is pinned to CPU 0; wrk and the mock provider share CPU 1. For each
 configuration: start the proxy, warm up, then run wrk for --duration seconds and read the CPU time
 (utime + stime, from /proc) of the proxy's whole process tree; divide by the requests wrk completed.
 Limits are set high enough never to refuse, so every request pays the full admit + settle path:
 global rpm and tpm (two buckets: one request bucket, one token bucket, reserved then reconciled).
+Redis is measured twice: reconciliations coalesced (the default) and one round trip per settle.
 Redis CPU is not counted (the shared local Redis also serves others); Redis is at FASTPROXY_REDIS_URL
 or redis://127.0.0.1:6379/0, keys under a unique prefix deleted afterwards.
 """
@@ -159,27 +160,26 @@ def measure(name: str, upstream: str, env: dict[str, str], args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--duration", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     redis_url = os.environ.get("FASTPROXY_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    configs = [
+    redis_env = {
+        "FASTPROXY_GLOBAL_LIMITS": LIMITS,
+        "FASTPROXY_REDIS_URL": redis_url,
+        "FASTPROXY_REDIS_KEY_PREFIX": prefix,
+        # The default timeout unless BENCH_REDIS_TIMEOUT says otherwise; a fallback to in-process
+        # limits would measure the wrong path, so it is reported.
+        "FASTPROXY_REDIS_TIMEOUT": os.environ.get("BENCH_REDIS_TIMEOUT", "0.05"),
+    }
+    configs: list[tuple[str, dict[str, str]]] = [
         ("no limits", {}),
         ("in-process limits", {"FASTPROXY_GLOBAL_LIMITS": LIMITS}),
-        (
-            "redis limits",
-            {
-                "FASTPROXY_GLOBAL_LIMITS": LIMITS,
-                "FASTPROXY_REDIS_URL": redis_url,
-                "FASTPROXY_REDIS_KEY_PREFIX": prefix,
-                # The default timeout unless BENCH_REDIS_TIMEOUT says otherwise; a fallback to in-process
-                # limits would measure the wrong path, so it is reported.
-                "FASTPROXY_REDIS_TIMEOUT": os.environ.get("BENCH_REDIS_TIMEOUT", "0.05"),
-            },
-        ),
+        ("redis limits", redis_env),
+        ("redis limits, settle per request", {**redis_env, "FASTPROXY_RATELIMIT_SETTLE_INTERVAL": "0"}),
     ]
     model = next(
         (
