@@ -69,7 +69,9 @@ def admitted(principal: Principal, estimate: int, plan: Plan, taken: Taken, stor
         buckets = plan.buckets
         bucket = buckets[taken.refused]
         requested = estimate if bucket.tokens else 1
-        raise replies.refused(bucket, bucket.capacity - taken.level, requested, taken.retry_ms)
+        err = replies.refused(bucket, bucket.capacity - taken.level, requested, taken.retry_ms)
+        err.headers.extend(replies.headers(plan, taken))  # OpenAI sends x-ratelimit-* on a 429 too
+        raise err
     return BucketAdmission(principal, estimate, replies.headers(plan, taken), plan.tokens, store)
 
 

@@ -80,10 +80,20 @@ class MemoryStore:
                     ms = max(1, math.ceil(us / 1000))
                 if worst < 0 or (worst_ms >= 0 and (ms < 0 or ms > worst_ms)):
                     worst, worst_ms = i, ms
-        if worst >= 0:
-            return Taken(ok=False, refused=worst, level=math.floor(seen[worst][0]), retry_ms=worst_ms)
         remaining: list[int] = []
         reset: list[int] = []
+        if worst >= 0:
+            for bucket, (level, stamp) in zip(buckets, seen, strict=True):
+                remaining.append(math.floor(level))
+                reset.append(self._until_full(bucket, level, stamp, now))
+            return Taken(
+                ok=False,
+                remaining=tuple(remaining),
+                reset_ms=tuple(reset),
+                refused=worst,
+                level=math.floor(seen[worst][0]),
+                retry_ms=worst_ms,
+            )
         for bucket, cost, (level, stamp) in zip(buckets, costs, seen, strict=True):
             if cost:
                 level = min(bucket.capacity, level - cost)

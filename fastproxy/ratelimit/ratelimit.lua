@@ -4,7 +4,8 @@
 -- KEYS: the buckets.  ARGV[1]: mode; then per bucket: capacity, period (seconds; 0 = never refills), cost.
 --   mode "take":  all or nothing. If every bucket with cost > 0 holds at least its cost, take them all and
 --                 return {1, remaining_1, reset_ms_1, remaining_2, ...}; otherwise change nothing and
---                 return {0, index (1-based), level, retry_ms (-1: never)} for the bucket that waits longest.
+--                 return {0, index (1-based), level, retry_ms (-1: never), remaining_1, reset_ms_1, ...}
+--                 where index is the bucket that waits longest.
 --   mode "force": take the costs unconditionally (a negative cost refunds, never past capacity); returns {1}.
 --   mode "peek":  change nothing; return {level_1 (string), reset_ms_1, level_2, ...}.
 -- Time is Redis's own (TIME), so instances with skewed clocks agree. A clock that steps back refills
@@ -82,7 +83,12 @@ if mode == 'take' then
     end
   end
   if worst > 0 then
-    return {0, worst, math.floor(level[worst]), worst_ms}
+    local out = {0, worst, math.floor(level[worst]), worst_ms}
+    for i = 1, n do
+      out[#out + 1] = math.floor(level[i])
+      out[#out + 1] = until_full(i)
+    end
+    return out
   end
 end
 

@@ -90,7 +90,14 @@ class RedisStore:
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
         reply = await self._run(buckets, "take", costs)
         if reply[0] != 1:
-            return Taken(ok=False, refused=int(reply[1]) - 1, level=int(reply[2]), retry_ms=int(reply[3]))
+            return Taken(
+                ok=False,
+                remaining=tuple(reply[4::2]),
+                reset_ms=tuple(reply[5::2]),
+                refused=int(reply[1]) - 1,
+                level=int(reply[2]),
+                retry_ms=int(reply[3]),
+            )
         return Taken(ok=True, remaining=tuple(reply[1::2]), reset_ms=tuple(reply[2::2]))
 
     async def force(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> None:

@@ -12,8 +12,9 @@ from fastproxy.types import RawHeaders
 
 
 class Taken(msgspec.Struct, frozen=True, gc=False):
-    """A store's answer to take(): on success the level and time-to-full of every bucket (plan order);
-    on refusal which bucket refused (index into the plan), its level, and when to retry (-1: never)."""
+    """A store's answer to take(): the level and time-to-full of every bucket (plan order, after the
+    take on success, untouched on refusal); on refusal which bucket refused (index into the plan), its
+    level, and when to retry (-1: never)."""
 
     ok: bool
     remaining: tuple[int, ...] = ()

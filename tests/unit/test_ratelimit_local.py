@@ -98,7 +98,13 @@ async def test_429_names_the_limit_and_says_when(clock: FakeClock) -> None:
     err = info.value
     assert err.type == "requests" and err.code == "rate_limit_exceeded"
     assert "requests per minute for key sk-fp-...abcd" in err.message
-    assert dict(err.headers) == {b"retry-after": b"1", b"retry-after-ms": b"1000"}
+    assert dict(err.headers) == {
+        b"retry-after": b"1",
+        b"retry-after-ms": b"1000",
+        b"x-ratelimit-limit-requests": b"60",
+        b"x-ratelimit-remaining-requests": b"0",
+        b"x-ratelimit-reset-requests": b"1m0s",
+    }
 
 
 async def test_estimate_larger_than_capacity_is_refused_at_once(clock: FakeClock) -> None:

@@ -114,6 +114,9 @@ async def test_429_and_headers_through_the_openai_sdk(
         assert 1 <= int(err.response.headers["retry-after"]) <= 30
         assert int(err.response.headers["retry-after-ms"]) <= 30_000
         assert err.response.headers["x-request-id"]
+        assert err.response.headers["x-ratelimit-limit-requests"] == "2"
+        assert err.response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert GO_DURATION.match(err.response.headers["x-ratelimit-reset-requests"])
 
         with pytest.raises(openai.RateLimitError) as info:
             await sdk.chat.completions.create(
