@@ -220,6 +220,45 @@ async def test_failed_requests_give_their_reservation_back(
         await checker.close()
 
 
+async def test_shutdown_drains_pending_reconciliations(
+    proxies: Proxies,
+    mock_upstream: Server,
+    http: httpx.AsyncClient,
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: Any,
+) -> None:
+    quota = 100_000
+    env = redis_env(redis_url, redis_prefix, FASTPROXY_GLOBAL_LIMITS=f'{{"max_tokens_total": {quota}}}')
+    # Reconciliations wait a minute: only the flush at shutdown can deliver them in this test.
+    proxy = proxies(mock_upstream, FASTPROXY_RATELIMIT_SETTLE_INTERVAL="60", **env)
+    used = 0
+    for chunks in (1, 2, 3):
+        resp = await http.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={"x-mock-chunks": str(chunks)})
+        used += resp.json()["usage"]["total_tokens"]
+    checker = RedisLimiter(Planner(redis_prefix, Limits(max_tokens_total=quota), None), connect(redis_url, 2.0))
+    try:
+        (level,) = await checker.levels(ANONYMOUS)
+        assert level.remaining < quota - used  # the reservations (~1030 tokens each) are still held
+        proxy.stop()
+        (level,) = await checker.levels(ANONYMOUS)
+        assert level.remaining == quota - used
+    finally:
+        await checker.close()
+
+
+async def test_streamed_responses_carry_the_headers(
+    proxies: Proxies, mock_upstream: Server, http: httpx.AsyncClient
+) -> None:
+    proxy = proxies(mock_upstream, FASTPROXY_GLOBAL_LIMITS='{"rpm": 50, "tpd": 1000000}')
+    async with http.stream("POST", proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+        body = b"".join([chunk async for chunk in resp.aiter_bytes()])
+    assert resp.status_code == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert resp.headers["x-ratelimit-limit-requests"] == "50"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "49"
+    assert resp.headers["x-ratelimit-limit-tokens"] == "1000000"
+
+
 @pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
 async def test_redis_restart_mid_run(
     proxies: Proxies, mock_upstream: Server, http: httpx.AsyncClient, own_redis: OwnRedis, policy: str
