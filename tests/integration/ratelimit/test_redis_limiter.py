@@ -52,8 +52,11 @@ async def test_all_or_nothing_across_subjects(limiters: Limiters) -> None:
 async def test_refill_admits_at_the_configured_rate(limiters: Limiters, redis_client: Redis) -> None:
     lim = limiters()
     p = key(rpm=600)  # 10 per second
-    assert await count_admitted([lim], p, 650) == 600
-    before = await redis_time(redis_client)  # the bucket is empty from here (nothing refills past < 1)
+    t0 = await redis_time(redis_client)
+    burst = await count_admitted([lim], p, 650)
+    before = await redis_time(redis_client)
+    # The full bucket, plus whatever refilled while the burst was being served on this loaded machine.
+    assert 600 <= burst <= 600 + (before - t0) * 10  # the bucket is empty from here (nothing refills past < 1)
     await asyncio.sleep(0.5)
     start = await redis_time(redis_client)
     admitted = 0
