@@ -43,7 +43,7 @@ async def test_exactly_n_of_m_concurrent_admits_across_limiters(limiters: Limite
 
 
 async def test_all_or_nothing_across_subjects(limiters: Limiters) -> None:
-    lim = limiters(global_limits=Limits(rpm=50))
+    lim = limiters(global_limits=Limits(rpd=50))
     assert await count_admitted([lim], key(rpm=2), 10) == 2
     # The 8 refusals took nothing from the global bucket.
     assert await count_admitted([lim], ANONYMOUS, 100) == 48
@@ -75,7 +75,7 @@ async def test_refill_admits_at_the_configured_rate(limiters: Limiters, redis_cl
 @pytest.mark.parametrize("settle_interval", [0.0, 0.05])
 async def test_reservation_and_reconciliation_are_exact(limiters: Limiters, settle_interval: float) -> None:
     lim = limiters(settle_interval=settle_interval)
-    p = key(max_tokens_total=100_000, tpm=50_000)
+    p = key(max_tokens_total=100_000, tpd=5_000_000)
     real: list[int | None] = [30, 1500, None, 0, 64, 999]
     estimate = 700
     admissions = [await lim.admit(p, estimate, None) for _ in real]
@@ -85,7 +85,7 @@ async def test_reservation_and_reconciliation_are_exact(limiters: Limiters, sett
     levels = {lvl.period: lvl for lvl in await lim.levels(p)}
     used = 30 + 1500 + estimate + 0 + 64 + 999
     assert levels[0].remaining == 100_000 - used  # the lifetime quota: no refill, so exact
-    assert 50_000 - used <= levels[60].remaining < 50_000 - used + 1000  # refilling meanwhile
+    assert 5_000_000 - used <= levels[86_400].remaining < 5_000_000 - used + 1000  # refilling at 58/s
 
 
 async def test_settles_are_coalesced_and_drained_on_close(own_redis: OwnRedis) -> None:
