@@ -1,4 +1,5 @@
-"""Token buckets in Redis, shared by every proxy instance: one EVALSHA per admit and per settle.
+"""Token buckets in Redis, shared by every proxy instance: one EVALSHA per admit; the settles'
+reconciliations go together, one EVALSHA per `settle_interval` (or one per settle when it is 0).
 
 The script (ratelimit.lua) is loaded once per client through redis-py's `register_script`, which
 runs EVALSHA and loads the script again when Redis answers NOSCRIPT (after a restart or a SCRIPT
@@ -115,10 +116,6 @@ class RedisLimiter:
     (fail_closed); `settle_failures` counts reconciliations lost to an outage.
     """
 
-    @property
-    def settle_failures(self) -> int:
-        return self._settle_failures + (self.settler.lost if self.settler is not None else 0)
-
     def __init__(
         self,
         planner: Planner,
@@ -141,6 +138,10 @@ class RedisLimiter:
         self._degraded = False
         self.fallbacks = 0
         self._settle_failures = 0
+
+    @property
+    def settle_failures(self) -> int:
+        return self._settle_failures + (self.settler.lost if self.settler is not None else 0)
 
     async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
         plan = self.planner.plan(principal, client_ip)
