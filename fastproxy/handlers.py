@@ -70,6 +70,7 @@ _STREAM_HEADERS: RawHeaders = [(b"x-accel-buffering", b"no")]
 _MAX_REQUEST_ID = 128
 _DRAIN_LIMIT = 64 * 1024 * 1024
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+_NOTHING_USED = TokenUsage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         try:
             await _cancel_on_disconnect(receive, exchange, out)
         finally:
-            await state.limiter.settle(admission, out.usage)
+            await state.limiter.settle(admission, _used(out))
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
         await send_error(send, err, request_id)
@@ -184,6 +185,14 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     )
     for observe in state.observers:
         observe(record)
+
+
+def _used(out: _Outcome) -> TokenUsage | None:
+    """What to settle the token limits with: the reported usage; nothing when upstream refused the
+    request or never answered; otherwise unknown (None: the reservation stands, e.g. a cut stream)."""
+    if out.usage is None and not out.disconnected and (out.upstream_status is None or out.upstream_status >= 400):
+        return _NOTHING_USED
+    return out.usage
 
 
 def _parse_length(value: bytes) -> int:

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from fastproxy.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.lastused import LastUsedWriter
-from fastproxy.limits import NoLimits
 from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.ratelimit import build_limiter
 from fastproxy.settings import Settings
 from fastproxy.state import ReadyCheck, State
 from fastproxy.store import Store, open_store
@@ -53,13 +53,16 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                     stack.push_async_callback(subscriber.stop)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
+            # Closed before the upstream: it sends the last pending token reconciliations.
+            limiter = build_limiter(settings)
+            stack.push_async_callback(limiter.close)
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             observers = (AccessLog().write,) if settings.access_log else ()
             yield State(
                 settings=settings,
                 upstream=upstream,
                 auth=auth,
-                limiter=NoLimits(),
+                limiter=limiter,
                 observers=observers,
                 base_url=settings.upstream_url.rstrip("/"),
                 upstream_headers=headers,

@@ -1,13 +1,13 @@
 """Rate-limit seam: admit a request before it goes upstream, settle it with the real usage after.
 
-`NoLimits` is the default until limits are configured.
+`NoLimits` is used when no limit is configured anywhere; fastproxy.ratelimit builds the real limiters.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from fastproxy.schemas import Principal, TokenUsage
+from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 from fastproxy.types import RawHeaders
 
 
@@ -34,6 +34,13 @@ class Limiter(Protocol):
         """Reconcile the estimate with the real usage (None: the estimate stands). Never raises."""
         ...
 
+    async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:
+        """The current level of every bucket that applies to `principal`, taking nothing.
+
+        Raises ServiceUnavailable when the shared store cannot be read.
+        """
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -43,6 +50,9 @@ class NoLimits:
 
     async def settle(self, admission: Admission, usage: TokenUsage | None) -> None:
         return None
+
+    async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:
+        return []
 
     async def close(self) -> None:
         return None

@@ -138,3 +138,17 @@ class Principal(msgspec.Struct, frozen=True, gc=False):
 
 
 ANONYMOUS = Principal()
+
+
+class BucketLevel(msgspec.Struct, frozen=True, gc=False):
+    """One rate-limit bucket's current level, as operators see it (GET /admin/keys/{id}/limits)."""
+
+    name: str
+    # "requests" or "tokens".
+    kind: str
+    capacity: int
+    # Seconds to refill from empty; 0 for a lifetime quota.
+    period: int
+    remaining: float
+    # Milliseconds until the bucket is full again: 0 when full, -1 for a lifetime quota in use.
+    reset_ms: int

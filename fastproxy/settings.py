@@ -14,7 +14,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from fastproxy.schemas import Limits
+
 ENV_PREFIX = "FASTPROXY_"
+# Structured settings: a TOML table in the file, a JSON object in the environment.
+JSON_FIELDS = frozenset({"global_limits", "ip_limits"})
 SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url"})
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -56,11 +60,26 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Key store down: "stale" keeps serving keys already cached (new keys get 503); "closed": 503 for all.
     auth_on_store_error: Literal["stale", "closed"] = "stale"
     last_used_flush_interval: Seconds = 5.0
-    # Prefix of every Redis key and pub/sub channel this deployment uses.
+    # Prefix of every Redis key and pub/sub channel this deployment uses (isolates deployments, or
+    # test runs, sharing one Redis).
     redis_prefix: str = "fastproxy:"
     # Apply pending schema migrations when a worker starts (safe with many instances; see store/).
     auto_migrate: bool = True
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    # Rate limits over all clients together, and per client IP (TOML table or JSON object,
+    # e.g. {"rpm": 600, "tpm": 100000}); keys and users carry their own limits.
+    global_limits: Limits | None = None
+    ip_limits: Limits | None = None
+    # How long a Redis call may take before the rate-limit failure policy applies. It also measures the
+    # worker's own event-loop delay: at 5 ms and 20 ms a saturated worker failed over spuriously.
+    redis_timeout: Seconds = 0.05
+    # After a Redis failure, how long to serve by the failure policy before trying Redis again.
+    redis_retry_interval: Seconds = 1.0
+    # Redis unreachable or slow: fail_open uses per-instance in-process limits; fail_closed answers 503.
+    ratelimit_failure: Literal["fail_open", "fail_closed"] = "fail_open"
+    # Token reconciliations (real usage minus the reserved estimate) are sent to Redis together, this
+    # often, instead of one round trip per request; 0 sends each at once.
+    ratelimit_settle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.05
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -119,7 +138,12 @@ def load_settings(config_path: str | None = None, environ: Mapping[str, str] | N
     for key, value in env.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX) :].lower()
-            if name in fields:
+            if name in JSON_FIELDS:
+                try:
+                    raw[name] = msgspec.json.decode(value)
+                except msgspec.DecodeError as exc:
+                    raise SettingsError(f"invalid setting {name} ({key}): expected a JSON object: {exc}") from exc
+            elif name in fields:
                 raw[name] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)

@@ -1,0 +1,43 @@
+"""Rate limits: token buckets for requests and tokens, per key, user, client IP and globally.
+
+buckets  which buckets apply to a request (pure)
+replies  x-ratelimit-* headers and 429 errors (pure)
+core     admit / settle / levels over any bucket store
+local    in-process store: the embedded default and the fail-open fallback
+redis_limiter  the shared store: one Lua script, one round trip per admit and per settle
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastproxy.limits import Limiter
+from fastproxy.ratelimit.buckets import Planner
+from fastproxy.ratelimit.local import LocalLimiter
+from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
+from fastproxy.settings import Settings
+
+log = logging.getLogger("fastproxy.ratelimit")
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """The limiter the settings ask for: Redis when FASTPROXY_REDIS_URL is set, in-process otherwise.
+
+    Opens no connection (redis-py connects on first use), so nothing here can fail at startup.
+    """
+    planner = Planner(settings.redis_prefix, settings.global_limits, settings.ip_limits)
+    if settings.redis_url:
+        log.info("rate limits: in Redis, shared by every instance (when Redis fails: %s)", settings.ratelimit_failure)
+        client = connect(settings.redis_url, settings.redis_timeout)
+        return RedisLimiter(
+            planner,
+            client,
+            fail_open=settings.ratelimit_failure == "fail_open",
+            retry_interval=settings.redis_retry_interval,
+            settle_interval=settings.ratelimit_settle_interval,
+        )
+    log.info("rate limits: in process, per instance (no redis_url)")
+    return LocalLimiter(planner)
+
+
+__all__ = ["LocalLimiter", "RedisLimiter", "build_limiter"]

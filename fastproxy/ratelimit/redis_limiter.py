@@ -1,0 +1,209 @@
+"""Token buckets in Redis, shared by every proxy instance: one EVALSHA per admit; the settles'
+reconciliations go together, one EVALSHA per `settle_interval` (or one per settle when it is 0).
+
+The script (ratelimit.lua) is loaded once per client through redis-py's `register_script`, which
+runs EVALSHA and loads the script again when Redis answers NOSCRIPT (after a restart or a SCRIPT
+FLUSH). Redis errors and timeouts never reach the handlers: the failure policy decides.
+
+    fail_open (default): serve from the in-process limiter, log once per outage, count it.
+    fail_closed: 503 service_unavailable.
+
+After a failure Redis is left alone for `retry_interval` seconds (so an outage costs no timeout per
+request), then the next request tries it again: recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from fastproxy.errors import ServiceUnavailable
+from fastproxy.limits import Admission
+from fastproxy.ratelimit import core
+from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
+from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
+from fastproxy.ratelimit.local import Clock, LocalLimiter
+from fastproxy.ratelimit.replies import Taken
+from fastproxy.ratelimit.settler import Settler
+from fastproxy.schemas import BucketLevel, Principal, TokenUsage
+
+log = logging.getLogger("fastproxy.ratelimit")
+
+_FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
+# Connections per worker. A burst larger than this queues for a free connection (load, not an outage)
+# for at most _POOL_WAIT seconds instead of failing over or opening sockets without bound.
+POOL_SIZE: Final = 128
+_POOL_WAIT: Final = 1.0
+
+
+def load_script() -> str:
+    return resources.files("fastproxy.ratelimit").joinpath("ratelimit.lua").read_text()
+
+
+def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Redis:
+    """A client whose calls give up after `timeout` seconds and are never retried on their own.
+
+    A retried script could take twice; the limiter's failure policy is the one place that decides.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=pool_size,
+        timeout=_POOL_WAIT,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        # RESP2: nothing here needs RESP3, and its replies parse measurably faster (see bench/ratelimit).
+        protocol=2,
+    )
+    return Redis.from_pool(pool)
+
+
+class RedisStore:
+    """The BucketStore protocol over one Redis script."""
+
+    def __init__(self, client: Redis, script: str) -> None:
+        self.client = client
+        self._script = client.register_script(script)
+
+    async def _run(self, buckets: Sequence[Bucket], mode: str, costs: Sequence[int]) -> Any:
+        args: list[str | int] = [mode]
+        for bucket, cost in zip(buckets, costs, strict=True):
+            args += (bucket.capacity, bucket.period, cost)
+        try:
+            return await self._script(keys=[b.key for b in buckets], args=args)
+        except _FAILURES as exc:
+            # The idle connections most likely went down with this one (a restart, a failover): drop
+            # them now, or each would fail once more after Redis is back.
+            with contextlib.suppress(*_FAILURES):
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
+        reply = await self._run(buckets, "take", costs)
+        if reply[0] != 1:
+            return Taken(
+                ok=False,
+                remaining=tuple(reply[4::2]),
+                reset_ms=tuple(reply[5::2]),
+                refused=int(reply[1]) - 1,
+                level=int(reply[2]),
+                retry_ms=int(reply[3]),
+            )
+        return Taken(ok=True, remaining=tuple(reply[1::2]), reset_ms=tuple(reply[2::2]))
+
+    async def force(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> None:
+        await self._run(buckets, "force", costs)
+
+    async def peek(self, buckets: Sequence[Bucket]) -> list[tuple[float, int]]:
+        reply = await self._run(buckets, "peek", [0] * len(buckets))
+        return [(float(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+class RedisLimiter:
+    """The Limiter Protocol over a RedisStore, with the failure policy and the in-process fallback.
+
+    `fallbacks` counts requests served without Redis (fail_open) or refused for its absence
+    (fail_closed); `settle_failures` counts reconciliations lost to an outage.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        client: Redis,
+        *,
+        fail_open: bool = True,
+        retry_interval: float = 1.0,
+        settle_interval: float = 0.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.planner = planner
+        self.store = RedisStore(client, load_script())
+        # 0: one round trip per settle; otherwise reconciliations are coalesced (see settler.py).
+        self.settler = Settler(self.store, settle_interval) if settle_interval > 0 else None
+        self.fallback = LocalLimiter(planner, clock)
+        self._fail_open = fail_open
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._retry_at = 0.0
+        self._degraded = False
+        self.fallbacks = 0
+        self._settle_failures = 0
+
+    @property
+    def settle_failures(self) -> int:
+        return self._settle_failures + (self.settler.lost if self.settler is not None else 0)
+
+    async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
+        plan = self.planner.plan(principal, client_ip)
+        if plan is EMPTY_PLAN:
+            return Admission(principal, estimate, [])
+        core.check_sizes(plan, estimate)
+        costs = core.costs_of(plan, estimate)
+        if not self._degraded or self._clock() >= self._retry_at:
+            try:
+                taken = await self.store.take(plan.buckets, costs)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                if self._degraded:
+                    self._degraded = False
+                    log.warning("Redis is back: rate limits are shared across instances again")
+                return core.admitted(principal, estimate, plan, taken, self.store)
+        self.fallbacks += 1
+        if not self._fail_open:
+            raise ServiceUnavailable("The rate limiter is unavailable; please retry shortly.")
+        taken = self.fallback.store.take_now(plan.buckets, costs)
+        return core.admitted(principal, estimate, plan, taken, self.fallback.store)
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self._retry_at = self._clock() + self._retry_interval
+        if not self._degraded:
+            self._degraded = True
+            policy = "in-process limits (per instance)" if self._fail_open else "503 for limited requests"
+            log.warning("Redis unavailable for rate limits (%s); until it is back: %s", exc, policy)
+
+    async def settle(self, admission: Admission, usage: TokenUsage | None) -> None:
+        todo = core.settlement(admission, usage)
+        if todo is None:
+            return
+        tokens, delta = todo
+        assert isinstance(admission, BucketAdmission)
+        if admission.store is not self.store:
+            await self.fallback.store.force(tokens, [delta] * len(tokens))
+        elif self.settler is not None:
+            self.settler.add(tokens, delta)
+        else:
+            try:
+                await self.store.force(tokens, [delta] * len(tokens))
+            except StoreUnavailable as exc:
+                # The reservation stands in place of the real usage: an error bounded by the estimate.
+                self._settle_failures += 1
+                log.debug("rate-limit settle lost: %s", exc)
+
+    async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:
+        """Each applicable bucket's current level in Redis, without taking anything.
+
+        Raises ServiceUnavailable when Redis does not answer (an operator should see that, not guesses).
+        """
+        try:
+            if self.settler is not None:
+                await self.settler.flush()  # this instance's pending reconciliations first
+            return await core.levels_of(self.store, self.planner, principal, client_ip)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable("Redis is unavailable: bucket levels cannot be read.") from exc
+
+    async def close(self) -> None:
+        """Apply pending reconciliations, then close the connections."""
+        if self.settler is not None:
+            await self.settler.close()
+        await self.store.client.aclose()
