@@ -27,6 +27,7 @@ from fastproxy.admin_schemas import key_create as key_create_decoder
 from fastproxy.admin_schemas import key_patch as key_patch_decoder
 from fastproxy.admin_schemas import user_create as user_create_decoder
 from fastproxy.admin_schemas import user_patch as user_patch_decoder
+from fastproxy.auth import principal_of
 from fastproxy.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -36,6 +37,7 @@ from fastproxy.errors import (
     ServiceUnavailable,
 )
 from fastproxy.invalidation import Invalidator
+from fastproxy.limits import Limiter
 from fastproxy.responses import send_error, send_json
 from fastproxy.schemas import Limits, json_encoder
 from fastproxy.state import State
@@ -58,11 +60,20 @@ class NotFound(ProxyError):
 class _Call:
     """One admin request, resolved: what the operation functions below need."""
 
-    __slots__ = ("body", "ident", "invalidator", "query", "store")
+    __slots__ = ("body", "ident", "invalidator", "limiter", "query", "store")
 
-    def __init__(self, store: Store, invalidator: Invalidator, ident: str, query: dict[str, list[str]], body: bytes):
+    def __init__(
+        self,
+        store: Store,
+        invalidator: Invalidator,
+        limiter: Limiter,
+        ident: str,
+        query: dict[str, list[str]],
+        body: bytes,
+    ):
         self.store = store
         self.invalidator = invalidator
+        self.limiter = limiter
         self.ident = ident
         self.query = query
         self.body = body
@@ -84,7 +95,8 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
         body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
         query = parse_qs(scope["query_string"].decode("latin-1"))
-        status, result = await operation(_Call(state.store, state.invalidator, ident, query, body))
+        call = _Call(state.store, state.invalidator, state.limiter, ident, query, body)
+        status, result = await operation(call)
     except StoreError as exc:
         log.error("admin %s %s: %s", scope["method"], path, exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))
@@ -110,6 +122,10 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 def _route(method: str, path: str) -> tuple[Operation, str]:
     parts = path.rstrip("/").split("/")[2:]
+    if len(parts) == 3 and parts[0] == "keys" and parts[2] == "limits" and _ID.match(parts[1]):
+        if method != "GET":
+            raise MethodNotAllowed(f"Method {method} not allowed for {path}.", headers=[(b"allow", b"GET")])
+        return key_limits, parts[1]
     if len(parts) in (1, 2) and parts[0] in _TABLE and (len(parts) == 1 or _ID.match(parts[1])):
         table = _TABLE[parts[0]][len(parts) - 1]
         operation = table.get(method)
@@ -272,6 +288,16 @@ async def delete_key(call: _Call) -> tuple[int, Any]:
     await call.invalidator.key_changed(key.id)
     log.info("admin: key %s revoked", key.id)
     return 200, key
+
+
+async def key_limits(call: _Call) -> tuple[int, Any]:
+    """Each rate-limit bucket that applies to the key (its own, its user's, global), read without taking."""
+    key = await call.store.get_key(call.ident)
+    if key is None:
+        raise NotFound(f"No API key with id '{call.ident}'.")
+    user = await call.store.get_user(key.user_id) if key.user_id else None
+    levels = await call.limiter.levels(principal_of(key, user))
+    return 200, {"object": "list", "key_id": key.id, "data": levels}
 
 
 # resource -> (collection methods, item methods)

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from fastproxy import keys
 from fastproxy.errors import AuthenticationFailed, ServiceUnavailable
 from fastproxy.schemas import ANONYMOUS, Principal
-from fastproxy.store import KeyGrant, Store, StoreError
+from fastproxy.store import ApiKey, KeyGrant, Store, StoreError, User
 
 log = logging.getLogger("fastproxy.auth")
 
@@ -184,13 +184,17 @@ class _Entry:
 
 
 def _principal(grant: KeyGrant) -> Principal:
-    key = grant.key
+    return principal_of(grant.key, grant.user)
+
+
+def principal_of(key: ApiKey, user: User | None) -> Principal:
+    """The caller a key stands for, with the limits of the key and of its user."""
     return Principal(
         key_id=key.id,
         user_id=key.user_id,
         key_hint=key.key_hint,
         key_limits=key.limits,
-        user_limits=grant.user.limits if grant.user else None,
+        user_limits=user.limits if user else None,
         allowed_models=frozenset(key.allowed_models) if key.allowed_models is not None else None,
     )
 

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fastproxy.auth import principal_of
+
 from tests.unit.appclient import ADMIN_KEY, app_client
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -141,3 +143,32 @@ async def test_no_admin_key_means_404(database_url: str) -> None:
         for path in ("/admin", "/admin/users", "/admin/keys/key_x"):
             resp = await client.get(path, headers=ADMIN)
             assert error(resp, 404)["code"] == "unknown_url"
+
+
+async def test_key_limits_show_each_bucket_without_taking(database_url: str) -> None:
+    async with app_client(database_url=database_url) as (client, state):
+        client.headers.update(ADMIN)
+        user = (await client.post("/admin/users", json={"name": "u", "limits": {"rpd": 100}})).json()
+        key = (
+            await client.post(
+                "/admin/keys", json={"name": "k", "user_id": user["id"], "limits": {"rpm": 5, "tpm": 1000}}
+            )
+        ).json()
+        url = f"/admin/keys/{key['id']}/limits"
+        before = {b["name"]: b for b in (await client.get(url)).json()["data"]}
+        assert {(b["kind"], b["capacity"], b["remaining"]) for b in before.values()} == {
+            ("requests", 5, 5),
+            ("tokens", 1000, 1000),
+            ("requests", 100, 100),
+        }
+        # Reading took nothing; a request through the limiter takes one request and its tokens.
+        assert state.store is not None
+        key_row = await state.store.get_key(key["id"])
+        assert key_row is not None
+        await state.limiter.admit(principal_of(key_row, await state.store.get_user(user["id"])), 300, None)
+        after = {(b["kind"], b["capacity"]): b["remaining"] for b in (await client.get(url)).json()["data"]}
+        assert after[("requests", 5)] == pytest.approx(4, abs=0.01)
+        assert after[("tokens", 1000)] == pytest.approx(700, abs=1)
+        assert after[("requests", 100)] == pytest.approx(99, abs=0.01)
+        assert (await client.post(url)).status_code == 405
+        assert (await client.get("/admin/keys/nope/limits")).status_code == 404
