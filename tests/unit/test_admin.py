@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from fastproxy.auth import principal_of
-
 from tests.unit.appclient import ADMIN_KEY, app_client
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
