@@ -94,6 +94,8 @@ class _Outcome:
         "events",
         "injected",
         "model",
+        "sent",
+        "started",
         "status",
         "stream",
         "ttfb",
@@ -113,9 +115,24 @@ class _Outcome:
         self.error: str | None = None
         self.disconnected = False
         self.events = 0
+        self.started = 0.0
+        # When the request went upstream (perf_counter), for Server-Timing and the metrics.
+        self.sent: float | None = None
 
 
 async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    metrics = state.metrics
+    if metrics is None:
+        await _proxy(state, scope, receive, send, endpoint)
+        return
+    metrics.in_flight.inc()
+    try:
+        await _proxy(state, scope, receive, send, endpoint)
+    finally:
+        metrics.in_flight.dec()
+
+
+async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
     started = perf_counter()
     drop = _DROP_REQUEST_ACCOUNTED if endpoint.accounted else _DROP_REQUEST
     forward: HeaderList = []
@@ -135,6 +152,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         request_id = os.urandom(12).hex().encode()
     client = scope.get("client")
     out = _Outcome()
+    out.started = started
     principal = ANONYMOUS
     try:
         principal = await state.auth.authenticate(authorization)
@@ -173,6 +191,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         usage=out.usage,
         latency_ms=round((perf_counter() - started) * 1000, 3),
         ttfb_ms=round((out.ttfb - started) * 1000, 3) if out.ttfb else None,
+        proxy_ms=round((out.sent - started) * 1000, 3) if out.sent else None,
         error=out.error,
         key_id=principal.key_id,
         user_id=principal.user_id,
@@ -327,10 +346,12 @@ async def _exchange(
     extra_headers: RawHeaders,
     out: _Outcome,
 ) -> None:
+    out.sent = sent = perf_counter()
     resp = await state.upstream.send(method, url, headers, body)
     out.upstream_status = out.status = resp.status
     response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in _DROP_RESPONSE]
     response_headers.append((b"x-request-id", request_id))
+    response_headers.append(_server_timing(out.started, sent, perf_counter()))
     response_headers.extend(extra_headers)
     content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
     if content_type.startswith(b"text/event-stream"):
@@ -352,6 +373,12 @@ async def _exchange(
         await send({"type": "http.response.body", "body": data})
     else:
         await _stream(resp, send, response_headers, None, out)
+
+
+def _server_timing(started: float, sent: float, answered: float) -> tuple[bytes, bytes]:
+    """The proxy's own time before the upstream call, and the upstream's time to its response headers."""
+    value = f"proxy;dur={(sent - started) * 1000:.2f}, upstream;dur={(answered - sent) * 1000:.2f}"
+    return (b"server-timing", value.encode())
 
 
 async def _stream(

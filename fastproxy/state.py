@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fastproxy.auth import Authenticator
 from fastproxy.limits import Limiter
+from fastproxy.metrics import Metrics
+from fastproxy.readiness import ReadinessCheck
 from fastproxy.records import RequestRecord
 from fastproxy.settings import Settings
 from fastproxy.upstream import Upstream
@@ -26,3 +28,7 @@ class State:
     base_url: str
     # Headers the proxy adds to every upstream request (the provider's credentials).
     upstream_headers: tuple[tuple[str, str], ...]
+    # None when metrics are switched off (FASTPROXY_METRICS=false).
+    metrics: Metrics | None
+    # Dependency name -> check, run by /readyz; adapters add theirs in lifespan.
+    readiness: Mapping[str, ReadinessCheck]
