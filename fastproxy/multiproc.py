@@ -37,10 +37,15 @@ def multiprocess_dir(configured: str = "") -> Iterator[str]:
         os.makedirs(path, exist_ok=True)
         for stale in glob.glob(os.path.join(path, "*.db")):
             os.remove(stale)
+    previous = os.environ.get(ENV)
     os.environ[ENV] = path
     try:
         yield path
     finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
         if owned:
             shutil.rmtree(path, ignore_errors=True)
 
