@@ -125,11 +125,11 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     if metrics is None:
         await _proxy(state, scope, receive, send, endpoint)
         return
-    metrics.in_flight.inc()
+    metrics.started()
     try:
         await _proxy(state, scope, receive, send, endpoint)
     finally:
-        metrics.in_flight.dec()
+        metrics.finished()
 
 
 async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastproxy.auth import OpenAccess
 from fastproxy.limits import NoLimits
-from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.logs import ACCESS_LOGGER, AccessLog, configure_logging
 from fastproxy.metrics import Metrics
 from fastproxy.readiness import ReadinessCheck, upstream_check
 from fastproxy.settings import Settings
@@ -28,9 +29,11 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
         log.info("starting with settings %s", settings.masked())
         upstream = upstream_factory(settings)
         metrics = _open_metrics(settings)
+        access = _open_access_log(settings)
+        flusher = asyncio.create_task(metrics.flush_periodically()) if metrics is not None else None
         try:
             auth = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
-            observers: tuple[Observer, ...] = (AccessLog().write,) if settings.access_log else ()
+            observers: tuple[Observer, ...] = (access.write,) if access is not None else ()
             if metrics is not None:
                 observers += (metrics.observe,)
             base_url = settings.upstream_url.rstrip("/")
@@ -48,8 +51,14 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
             )
         finally:
             await upstream.close()
+            if flusher is not None:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
             if metrics is not None:
                 metrics.close()
+            if access is not None:
+                access.close()
     finally:
         listener.stop()
 
@@ -60,3 +69,11 @@ def _open_metrics(settings: Settings) -> Metrics | None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and settings.workers != 1:
         log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics covers this worker only (use `fastproxy serve`)")
     return Metrics(max_models=settings.metrics_max_models)
+
+
+def _open_access_log(settings: Settings) -> AccessLog | None:
+    if not settings.access_log or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
+        return None
+    access = AccessLog(settings.log_format)
+    access.start()
+    return access

@@ -1,8 +1,9 @@
 """Logging set-up (run in lifespan, never at import) and the access log, written off the request path.
 
-Records are handed to a QueueHandler; a QueueListener thread formats and writes them, so the event
-loop never blocks on a slow stderr. An access record carries the RequestRecord itself and is not
-formatted on the event loop either: the listener thread encodes it.
+Log records are handed to a QueueHandler; a QueueListener thread formats and writes them, so the
+event loop never blocks on a slow stderr. The access log bypasses `logging` (a LogRecord costs
+microseconds per request): AccessLog queues each RequestRecord and its own thread writes them in
+batches, in the configured format, when the `fastproxy` level lets INFO through.
 
 Access line fields (JSON): every RequestRecord field (request_id, method, path, endpoint, model, stream,
 status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, user_id, key_hint as
@@ -16,7 +17,11 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
+from typing import TextIO
 
 import msgspec
 
@@ -26,10 +31,6 @@ ACCESS_LOGGER = "fastproxy.access"
 _encode = msgspec.json.encode
 
 
-def _ts(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _masked(r: RequestRecord) -> RequestRecord:
     # key_hint holds the last 4 characters only; the ellipsis makes that plain to whoever reads the log.
     return msgspec.structs.replace(r, key_hint="..." + r.key_hint) if r.key_hint else r
@@ -37,63 +38,22 @@ def _masked(r: RequestRecord) -> RequestRecord:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record.msg, RequestRecord):
-            # The record's fields first: a line starts with {"request_id" (tests and greps rely on it).
-            body = _encode(_masked(record.msg)).decode()
-            return f'{body[:-1]},"ts":"{_ts(record)}","level":"info","logger":"{ACCESS_LOGGER}","pid":{os.getpid()}}}'
-        doc = {"ts": _ts(record), "level": record.levelname.lower(), "logger": record.name}
+        doc = {"ts": _clock(record.created), "level": record.levelname.lower(), "logger": record.name}
         doc["message"] = record.getMessage()
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return _encode(doc).decode()
 
 
-class _TextFormatter(logging.Formatter):
-    """Human-readable lines, for `fastproxy demo` and a terminal."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        r = record.msg
-        if not isinstance(r, RequestRecord):
-            return super().format(record)
-        parts = [f"{self.formatTime(record)} access {r.status} {r.method} {r.path}"]
-        if r.model:
-            parts.append(f"model={r.model}" + (" stream" if r.stream else ""))
-        parts.append(f"{r.latency_ms:.1f}ms")
-        if r.proxy_ms is not None:
-            parts.append(f"(proxy {r.proxy_ms:.2f}ms)")
-        if r.usage is not None:
-            parts.append(f"tokens={r.usage.prompt}+{r.usage.completion}")
-        if r.upstream_status is not None and r.upstream_status != r.status:
-            parts.append(f"upstream={r.upstream_status}")
-        if r.error:
-            parts.append(f"error={r.error}")
-        if r.key_hint:
-            parts.append(f"key=...{r.key_hint}")
-        parts.append(f"id={r.request_id}")
-        return " ".join(parts)
-
-
-class _QueueHandler(logging.handlers.QueueHandler):
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # An access record holds an immutable-by-convention RequestRecord: hand it over as it is and
-        # let the listener thread format it, instead of formatting on the event loop.
-        if isinstance(record.msg, RequestRecord):
-            return record
-        prepared: logging.LogRecord = super().prepare(record)
-        return prepared
-
-
 def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
     """Route every fastproxy logger through one queue; returns the listener for lifespan to stop."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else text)
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(q, handler, respect_handler_level=False)
     root = logging.getLogger("fastproxy")
-    root.handlers[:] = [_QueueHandler(q)]
+    root.handlers[:] = [logging.handlers.QueueHandler(q)]
     root.setLevel(level.upper())
     root.propagate = False
     listener.start()
@@ -101,13 +61,95 @@ def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
 
 
 class AccessLog:
-    """One line per request, at INFO on the `fastproxy.access` logger."""
+    """One line per request, formatted and written in batches by a thread of its own.
 
-    def __init__(self) -> None:
-        self._logger = logging.getLogger(ACCESS_LOGGER)
+    The request path only appends (time, record) to a deque (`write`, the observer). Every
+    `interval` seconds the thread formats what is there and writes it in chunks of whole lines no
+    larger than PIPE_BUF, so the lines of several workers sharing one stderr pipe never interleave
+    mid-line. Lifespan owns the thread: `start()` at startup, `close()` drains it at shutdown.
+    """
+
+    def __init__(self, fmt: str = "json", stream: TextIO | None = None, interval: float = 0.05) -> None:
+        self._format = _json_line if fmt == "json" else _text_line
+        self._stream = stream
+        self._interval = interval
+        self._pending: deque[tuple[float, RequestRecord]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastproxy-access-log", daemon=True)
 
     def write(self, record: RequestRecord) -> None:
-        logger = self._logger
-        if logger.isEnabledFor(logging.INFO):
-            # makeRecord + handle skips Logger._log's caller lookup (a stack walk) on every request.
-            logger.handle(logger.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, record, (), None))
+        self._pending.append((time.time(), record))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread after it has written every line handed over so far."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        stop = self._stop
+        while not stop.wait(self._interval):
+            self._drain(pid)
+        self._drain(pid)
+
+    def _drain(self, pid: int) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        stream = self._stream or sys.stderr
+        chunk: list[str] = []
+        size = 0
+        try:
+            while pending:
+                ts, record = pending.popleft()
+                line = self._format(ts, record, pid)
+                if size + len(line) > _PIPE_BUF and chunk:
+                    stream.write("".join(chunk))
+                    stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                stream.write("".join(chunk))
+                stream.flush()
+        except (OSError, ValueError):
+            # stderr closed or full: losing access lines must never take the worker down.
+            pending.clear()
+
+
+# A write to a pipe up to this size is atomic (POSIX), so lines from several processes stay whole.
+_PIPE_BUF = 4096
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_line(ts: float, r: RequestRecord, pid: int) -> str:
+    # The record's fields first: a line starts with {"request_id" (tests and greps rely on it).
+    body = _encode(_masked(r)).decode()
+    return f'{body[:-1]},"ts":"{_clock(ts)}","level":"info","logger":"{ACCESS_LOGGER}","pid":{pid}}}\n'
+
+
+def _text_line(ts: float, r: RequestRecord, pid: int) -> str:
+    local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    parts = [f"{local},{int(ts * 1000) % 1000:03d} access {r.status} {r.method} {r.path}"]
+    if r.model:
+        parts.append(f"model={r.model}" + (" stream" if r.stream else ""))
+    parts.append(f"{r.latency_ms:.1f}ms")
+    if r.proxy_ms is not None:
+        parts.append(f"(proxy {r.proxy_ms:.2f}ms)")
+    if r.usage is not None:
+        parts.append(f"tokens={r.usage.prompt}+{r.usage.completion}")
+    if r.upstream_status is not None and r.upstream_status != r.status:
+        parts.append(f"upstream={r.upstream_status}")
+    if r.error:
+        parts.append(f"error={r.error}")
+    if r.key_hint:
+        parts.append(f"key=...{r.key_hint}")
+    parts.append(f"id={r.request_id}")
+    return " ".join(parts) + "\n"

@@ -18,12 +18,19 @@ Label rules (series must stay bounded whatever clients send):
 - `status`: the class of the status sent to the client: 2xx, 3xx, 4xx, 5xx.
 - `kind` / `reason` / `outcome`: small fixed vocabularies listed at each method.
 Key ids and user ids are never labels.
+
+Cost: the request path only adds to plain per-worker dicts and lists (observe() costs about as much
+as a few dict updates); `flush()` moves the sums into prometheus-client, every FLUSH_INTERVAL seconds
+(a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
+worker's latest second may therefore be missing from a scrape; nothing is ever lost or counted twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
+from bisect import bisect_left
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -39,6 +46,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+FLUSH_INTERVAL = 1.0
 OTHER_MODEL = "other"
 NO_MODEL = "none"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -144,13 +152,22 @@ class Metrics:
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         else:
             self.registry = own
-        # Children cached by label values: labels() costs a lock and a tuple build on every call.
+        # Pending since the last flush: label values -> count, and per-endpoint histogram batches.
         self._models: set[str] = set()
-        self._request_children: dict[tuple[str, str, str], Counter] = {}
-        self._endpoint_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
-        self._token_children: dict[str, tuple[Counter, Counter]] = {}
+        self._pending_requests: dict[tuple[str, str, str], int] = {}
+        self._pending_tokens: dict[tuple[str, str], int] = {}
+        self._timings: dict[str, tuple[_Batch, _Batch, _Batch]] = {}
+        self._overhead = _Batch(self.proxy_overhead)
+        self._in_flight = 0
 
     # --- the observer -----------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """A proxied request began (the handler calls this and `finished` around every request)."""
+        self._in_flight += 1
+
+    def finished(self) -> None:
+        self._in_flight -= 1
 
     def observe(self, r: RequestRecord) -> None:
         """Derive every request metric from one finished request (State.observers calls this)."""
@@ -158,40 +175,58 @@ class Metrics:
         upstream_status = r.upstream_status
         model = self._model_label(r.model, status, upstream_status)
         key = (r.endpoint, model, _STATUS_CLASS[status // 100] if 0 <= status < 600 else "5xx")
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
-        timings = self._endpoint_children.get(r.endpoint)
+        pending = self._pending_requests
+        pending[key] = pending.get(key, 0) + 1
+        timings = self._timings.get(r.endpoint)
         if timings is None:
             e = r.endpoint
-            timings = self._endpoint_children[e] = (
-                self.request_duration.labels(e),
-                self.upstream_duration.labels(e),
-                self.upstream_ttfb.labels(e),
+            timings = self._timings[e] = (
+                _Batch(self.request_duration.labels(e)),
+                _Batch(self.upstream_duration.labels(e)),
+                _Batch(self.upstream_ttfb.labels(e)),
             )
-        latency = r.latency_ms
-        timings[0].observe(latency / 1000)
+        latency = r.latency_ms / 1000
+        timings[0].add(latency)
         if r.proxy_ms is not None:
-            self.proxy_overhead.observe(r.proxy_ms / 1000)
+            overhead = r.proxy_ms / 1000
+            self._overhead.add(overhead)
             if upstream_status is not None:
-                timings[1].observe((latency - r.proxy_ms) / 1000)
+                timings[1].add(latency - overhead)
                 if r.stream and r.ttfb_ms is not None:
-                    timings[2].observe((r.ttfb_ms - r.proxy_ms) / 1000)
+                    timings[2].add(r.ttfb_ms / 1000 - overhead)
         usage = r.usage
         if usage is not None:
-            tokens = self._token_children.get(model)
-            if tokens is None:
-                tokens = self._token_children[model] = (
-                    self.tokens.labels(model, "prompt"),
-                    self.tokens.labels(model, "completion"),
-                )
+            tokens = self._pending_tokens
             if usage.prompt:
-                tokens[0].inc(usage.prompt)
+                k = (model, "prompt")
+                tokens[k] = tokens.get(k, 0) + usage.prompt
             if usage.completion:
-                tokens[1].inc(usage.completion)
+                k = (model, "completion")
+                tokens[k] = tokens.get(k, 0) + usage.completion
         if r.error is not None or status >= 400:
             self._count_failure(r)
+
+    def flush(self) -> None:
+        """Move what is pending into prometheus-client. Call on the event loop's thread only."""
+        if self._pending_requests:
+            for request_labels, n in self._pending_requests.items():
+                self.requests.labels(*request_labels).inc(n)
+            self._pending_requests.clear()
+        if self._pending_tokens:
+            for token_labels, n in self._pending_tokens.items():
+                self.tokens.labels(*token_labels).inc(n)
+            self._pending_tokens.clear()
+        for batches in self._timings.values():
+            for batch in batches:
+                batch.flush()
+        self._overhead.flush()
+        self.in_flight.set(self._in_flight)
+
+    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every `interval` seconds until cancelled (lifespan owns the task)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.flush()
 
     def _model_label(self, model: str | None, status: int, upstream_status: int | None) -> str:
         if model is None:
@@ -267,7 +302,8 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (OpenMetrics when `accept` asks for it) and its content type.
 
-        Multiprocess mode reads every worker's files: call it off the event loop.
+        Call flush() first (on the loop) to include this worker's latest requests. Multiprocess
+        mode reads every worker's files: call it off the event loop.
         """
         if self.multiprocess_dir:
             prune_dead_workers(self.multiprocess_dir)
@@ -275,7 +311,8 @@ class Metrics:
         return encoder(self.registry), content_type
 
     def close(self) -> None:
-        """This worker stops: its live gauges leave the sums (its counters stay, as they must)."""
+        """This worker stops: what is pending is flushed; its live gauges leave the sums (its counters stay)."""
+        self.flush()
         if self.multiprocess_dir:
             mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
 
@@ -292,6 +329,36 @@ class Metrics:
                 else:
                     names.add(family.name)
         return frozenset(names)
+
+
+class _Batch:
+    """Observations of one histogram child since the last flush: bucket counts and their sum."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        # prometheus-client's own bounds (ending in +Inf): bisect_left finds the bucket `observe` would.
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        # Histogram has no public bulk observe: add to the per-bucket values `observe` would add to.
+        buckets = self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self.child._sum.inc(self.total)
+        self.total = 0.0
 
 
 def prune_dead_workers(path: str) -> None:

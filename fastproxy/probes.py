@@ -44,6 +44,7 @@ async def metrics(state: State, scope: Scope, receive: Receive, send: Send) -> N
         await send_error(send, RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})"))
         return
     accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), None)
+    state.metrics.flush()
     # Merging every worker's files is file I/O: keep it off the event loop.
     body, content_type = await asyncio.to_thread(state.metrics.render, accept)
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]

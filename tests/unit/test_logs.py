@@ -6,14 +6,12 @@ import io
 import json
 import logging
 import os
-import time
-from collections.abc import Iterator
 
-import pytest
-
+from fastproxy.lifespan import _open_access_log
 from fastproxy.logs import AccessLog, configure_logging
 from fastproxy.records import RequestRecord
 from fastproxy.schemas import TokenUsage
+from fastproxy.settings import Settings
 
 RECORD = RequestRecord(
     request_id="req-1",
@@ -33,69 +31,75 @@ RECORD = RequestRecord(
 )
 
 
-def _capture(fmt: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+def _lines(fmt: str, records: list[RequestRecord]) -> list[str]:
     out = io.StringIO()
-    monkeypatch.setattr("sys.stderr", out)
-    listener = configure_logging("info", fmt)
-    try:
-        yield out
-    finally:
-        listener.stop()
-        logging.getLogger("fastproxy").handlers.clear()
+    log = AccessLog(fmt, stream=out, interval=0.01)
+    log.start()
+    for r in records:
+        log.write(r)
+    log.close()  # drains everything handed over
+    text = out.getvalue()
+    assert text.endswith("\n")
+    return text.splitlines()
 
 
-@pytest.fixture
-def json_out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    yield from _capture("json", monkeypatch)
-
-
-@pytest.fixture
-def text_out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    yield from _capture("text", monkeypatch)
-
-
-def test_json_access_line(json_out: io.StringIO) -> None:
-    AccessLog().write(RECORD)
-    logging.getLogger("fastproxy.test").info("after")
-    lines = _wait_lines(json_out, 2)
-    doc = json.loads(lines[0])
-    assert lines[0].startswith('{"request_id":"req-1"')
+def test_json_access_line() -> None:
+    (line,) = _lines("json", [RECORD])
+    doc = json.loads(line)
+    assert line.startswith('{"request_id":"req-1"')
     assert doc["key_hint"] == "...wxyz"
     assert doc["method"] == "POST" and doc["path"] == "/v1/chat/completions" and doc["status"] == 200
     assert doc["model"] == "gpt-a" and doc["upstream_status"] == 200
     assert doc["latency_ms"] == 120.5 and doc["usage"]["prompt"] == 7 and doc["usage"]["completion"] == 5
     assert doc["pid"] == os.getpid() and doc["logger"] == "fastproxy.access" and doc["ts"].endswith("Z")
-    other = json.loads(lines[1])
-    assert other["message"] == "after" and other["level"] == "info"
 
 
-def test_text_access_line(text_out: io.StringIO) -> None:
-    AccessLog().write(RECORD)
-    line = _wait_lines(text_out, 1)[0]
+def test_text_access_line() -> None:
+    (line,) = _lines("text", [RECORD])
     assert "access 200 POST /v1/chat/completions model=gpt-a stream 120.5ms" in line
     assert "tokens=7+5" in line and "key=...wxyz" in line and "id=req-1" in line
     assert not line.startswith("{")
 
 
-def test_level_from_settings_silences_access(monkeypatch: pytest.MonkeyPatch) -> None:
-    out = io.StringIO()
-    monkeypatch.setattr("sys.stderr", out)
+def test_many_lines_in_order_and_whole() -> None:
+    records = [
+        RequestRecord(**{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__}, "request_id": f"r{i}"})
+        for i in range(500)
+    ]
+    lines = _lines("json", records)
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(500)]
+
+
+def test_writes_are_whole_lines_within_pipe_buf() -> None:
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return super().write(s)
+
+    out = Recorder()
+    log = AccessLog("json", stream=out, interval=0.01)
+    for _ in range(100):
+        log.write(RECORD)
+    log.start()
+    log.close()
+    assert len(writes) > 1
+    assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in writes)
+
+
+def test_access_log_follows_level_and_switch() -> None:
     listener = configure_logging("warning", "json")
     try:
-        AccessLog().write(RECORD)
-        logging.getLogger("fastproxy").warning("kept")
+        assert _open_access_log(Settings(access_log=True)) is None
+    finally:
+        listener.stop()
+    listener = configure_logging("info", "text")
+    try:
+        assert _open_access_log(Settings(access_log=False)) is None
+        access = _open_access_log(Settings(access_log=True))
+        assert access is not None
+        access.close()
     finally:
         listener.stop()
         logging.getLogger("fastproxy").handlers.clear()
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["message"] == "kept"
-
-
-def _wait_lines(out: io.StringIO, n: int) -> list[str]:
-    """The listener thread writes asynchronously: wait for its lines."""
-    for _ in range(200):
-        lines = out.getvalue().splitlines()
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.01)
-    raise AssertionError(f"expected {n} lines, got {out.getvalue()!r}")

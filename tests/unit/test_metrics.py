@@ -38,11 +38,13 @@ def metrics() -> Metrics:
 
 
 def _value(m: Metrics, name: str, **labels: str) -> float:
+    m.flush()
     value = m.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 
 def _series(m: Metrics, family: str) -> list[dict[str, str]]:
+    m.flush()
     return [
         dict(s.labels) for f in m.registry.collect() if f.name == family for s in f.samples if s.name.endswith("_total")
     ]
@@ -147,6 +149,7 @@ def test_methods_for_other_components(metrics: Metrics) -> None:
 
 def test_render_formats(metrics: Metrics) -> None:
     metrics.observe(_record())
+    metrics.flush()
     text, content_type = metrics.render(None)
     assert content_type.startswith("text/plain")
     assert b'fastproxy_requests_total{endpoint="chat.completions",model="gpt-a",status="2xx"} 1.0' in text
@@ -158,6 +161,7 @@ def test_render_formats(metrics: Metrics) -> None:
 def test_exported_names_cover_every_rendered_sample(metrics: Metrics) -> None:
     metrics.observe(_record(stream=True))
     metrics.observe(_record(status=502, upstream_status=None, error="upstream_unreachable", usage=None))
+    metrics.flush()
     text, _ = metrics.render(None)
     rendered = {line.split("{")[0].split(" ")[0] for line in text.decode().splitlines() if not line.startswith("#")}
     assert rendered <= metrics.exported_names()
@@ -193,3 +197,38 @@ def test_multiprocess_dir_is_fresh_per_start(tmp_path: Path, monkeypatch: pytest
     with multiprocess_dir() as temporary:
         assert os.path.isdir(temporary)
     assert not os.path.exists(temporary)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.005, 0.0051, 1, 599.9, 600, 1800, 5000])
+def test_batched_histogram_matches_observe(value: float) -> None:
+    batched, direct = Metrics(), Metrics()
+    for _ in range(3):
+        batched.observe(_record(latency_ms=value * 1000, proxy_ms=None))
+        direct.request_duration.labels("chat.completions").observe(value)
+    batched.flush()
+    name = "fastproxy_request_duration_seconds"
+    a = [s for f in batched.registry.collect() if f.name == name for s in f.samples if not s.name.endswith("_created")]
+    b = [s for f in direct.registry.collect() if f.name == name for s in f.samples if not s.name.endswith("_created")]
+    assert a == b and any(s.value == 3 for s in a if s.name.endswith("_count"))
+
+
+def test_in_flight_is_flushed_as_a_level(metrics: Metrics) -> None:
+    metrics.started()
+    metrics.started()
+    metrics.finished()
+    assert _value(metrics, "fastproxy_requests_in_flight") == 1
+    metrics.finished()
+    assert _value(metrics, "fastproxy_requests_in_flight") == 0
+
+
+def test_nothing_reaches_prometheus_until_flushed(metrics: Metrics) -> None:
+    metrics.observe(_record())
+    assert (
+        metrics.registry.get_sample_value(
+            "fastproxy_requests_total", {"endpoint": "chat.completions", "model": "gpt-a", "status": "2xx"}
+        )
+        is None
+    )
+    metrics.flush()
+    metrics.flush()  # a second flush adds nothing
+    assert _value(metrics, "fastproxy_requests_total", endpoint="chat.completions", model="gpt-a", status="2xx") == 1
