@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -70,7 +71,7 @@ class AccessLog:
     """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None, interval: float = 0.05) -> None:
-        self._format = _json_line if fmt == "json" else _text_line
+        self._format: Callable[[float, RequestRecord, int], str] = _JsonLines() if fmt == "json" else _text_line
         self._stream = stream
         self._interval = interval
         self._pending: deque[tuple[float, RequestRecord]] = deque()
@@ -129,10 +130,24 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _json_line(ts: float, r: RequestRecord, pid: int) -> str:
-    # The record's fields first: a line starts with {"request_id" (tests and greps rely on it).
-    body = _encode(_masked(r)).decode()
-    return f'{body[:-1]},"ts":"{_clock(ts)}","level":"info","logger":"{ACCESS_LOGGER}","pid":{pid}}}\n'
+class _JsonLines:
+    """Formats access lines; used by the writer thread only (its per-second timestamp cache is not shared)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float, r: RequestRecord, pid: int) -> str:
+        second = int(ts)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp = f"{self._prefix}.{int(ts * 1000) % 1000:03d}Z"
+        # The record's fields first: a line starts with {"request_id" (tests and greps rely on it).
+        body = _encode(_masked(r)).decode()
+        return f'{body[:-1]},"ts":"{stamp}","level":"info","logger":"{ACCESS_LOGGER}","pid":{pid}}}\n'
 
 
 def _text_line(ts: float, r: RequestRecord, pid: int) -> str:
