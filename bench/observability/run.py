@@ -31,6 +31,17 @@ TICK = os.sysconf("SC_CLK_TCK")
 CONFIGS = {
     "off": {"FASTPROXY_METRICS": "false", "FASTPROXY_ACCESS_LOG": "false"},
     "on": {"FASTPROXY_METRICS": "true", "FASTPROXY_ACCESS_LOG": "true"},
+    # For a breakdown when "on" costs too much: --configs off,metrics,log
+    "metrics": {"FASTPROXY_METRICS": "true", "FASTPROXY_ACCESS_LOG": "false"},
+    "log": {"FASTPROXY_METRICS": "false", "FASTPROXY_ACCESS_LOG": "true"},
+}
+
+
+LABELS = {
+    "off": "no metrics, no access log",
+    "on": "metrics + JSON access log",
+    "metrics": "metrics only",
+    "log": "JSON access log only",
 }
 
 
@@ -135,7 +146,7 @@ def measure(name: str, upstream: str, args: argparse.Namespace, tmp: Path) -> di
         done, bad = wrk(url, args.duration, args.connections)
         used = cpu_seconds(pids) - before
         scraped = ""
-        if name == "on":
+        if CONFIGS[name]["FASTPROXY_METRICS"] == "true":
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 scraped = b"".join(iter(lambda: s.recv(65536), b"")).decode()
@@ -158,7 +169,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--configs", default="off,on", help="comma-separated, alternated: off,on,metrics,log")
     args = parser.parse_args()
+    names = args.configs.split(",")
     model = next(
         (
             ln.split(":", 1)[1].strip()
@@ -171,7 +184,7 @@ def main() -> None:
     print(f"python {platform.python_version()}; proxy: 1 Granian worker on CPU 0 (taskset -c 0)")
     print(f"wrk -t1 -c{args.connections} and the mock provider on CPU 1; POST chat, non-streamed")
     print(f"warm-up {args.warmup}s, measured {args.duration}s per run, {args.runs} runs each, alternating off/on")
-    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="fastproxy-bench-") as tmp_name:
         tmp = Path(tmp_name)
         mock_port = free_port()
@@ -179,7 +192,7 @@ def main() -> None:
         try:
             wait_for_port(mock_port)
             for _ in range(args.runs):
-                for name in ("off", "on"):
+                for name in names:
                     r = measure(name, f"http://127.0.0.1:{mock_port}/v1", args, tmp)
                     results[name].append(r)
                     print(
@@ -189,14 +202,14 @@ def main() -> None:
         finally:
             stop(mock)
     print(f"load average after: {os.getloadavg()[0]:.2f} (other work on this machine skews absolute numbers)")
-    off = statistics.median(r["us_per_req"] for r in results["off"])
-    on = statistics.median(r["us_per_req"] for r in results["on"])
+    off = statistics.median(r["us_per_req"] for r in results[names[0]])
     print()
-    print("| configuration | runs (µs CPU/request) | median µs/request | vs off |")
+    print(f"| configuration | runs (µs CPU/request) | median µs/request | vs {names[0]} |")
     print("|---|---|---:|---:|")
-    for name, median in (("off: no metrics, no access log", off), ("on: metrics + JSON access log", on)):
-        runs = ", ".join(f"{r['us_per_req']:.1f}" for r in results[name.split(":")[0]])
-        print(f"| {name} | {runs} | {median:.1f} | {(median / off - 1) * 100:+.1f}% |")
+    for name in names:
+        median = statistics.median(r["us_per_req"] for r in results[name])
+        runs = ", ".join(f"{r['us_per_req']:.1f}" for r in results[name])
+        print(f"| {name}: {LABELS[name]} | {runs} | {median:.1f} | {(median / off - 1) * 100:+.1f}% |")
 
 
 if __name__ == "__main__":
