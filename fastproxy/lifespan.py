@@ -28,10 +28,13 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
     try:
         log.info("starting with settings %s", settings.masked())
         upstream = upstream_factory(settings)
-        metrics = _open_metrics(settings)
-        access = _open_access_log(settings)
-        flusher = asyncio.create_task(metrics.flush_periodically()) if metrics is not None else None
+        metrics: Metrics | None = None
+        access: AccessLog | None = None
+        flusher: asyncio.Task[None] | None = None
         try:
+            metrics = _open_metrics(settings)
+            access = _open_access_log(settings)
+            flusher = asyncio.create_task(metrics.flush_periodically()) if metrics is not None else None
             auth = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             observers: tuple[Observer, ...] = (access.write,) if access is not None else ()
             if metrics is not None:
@@ -50,15 +53,15 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                 readiness=readiness,
             )
         finally:
-            await upstream.close()
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
-            if metrics is not None:
-                metrics.close()
             if access is not None:
-                access.close()
+                access.close()  # writes every line handed over
+            if metrics is not None:
+                metrics.close()  # the last flush
+            await upstream.close()
     finally:
         listener.stop()
 

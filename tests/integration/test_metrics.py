@@ -221,3 +221,20 @@ async def _until_async(value: Any, expected: float, tries: int = 100) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"expected {expected}, last saw {got}")
+
+
+async def test_in_flight_gauge_rises_and_falls(http: httpx.AsyncClient, two_workers: Server) -> None:
+    async def in_flight() -> float:
+        return _total((await http.get(two_workers.url + "/metrics")).text, "fastproxy_requests_in_flight")
+
+    slow = asyncio.ensure_future(
+        http.post(
+            two_workers.url + CHAT, json={"model": "mock-model", "messages": []}, headers={"x-mock-sleep-ms": "2500"}
+        )
+    )
+    try:
+        await _until_async(in_flight, 1)
+    finally:
+        resp = await slow
+    assert resp.status_code == 200
+    await _until_async(in_flight, 0)
