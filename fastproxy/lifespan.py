@@ -30,11 +30,14 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
         upstream = upstream_factory(settings)
         metrics: Metrics | None = None
         access: AccessLog | None = None
-        flusher: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             metrics = _open_metrics(settings)
+            if metrics is not None:
+                tasks.append(asyncio.create_task(metrics.flush_periodically()))
             access = _open_access_log(settings)
-            flusher = asyncio.create_task(metrics.flush_periodically()) if metrics is not None else None
+            if access is not None:
+                tasks.append(asyncio.create_task(access.run()))
             auth = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             observers: tuple[Observer, ...] = (access.write,) if access is not None else ()
             if metrics is not None:
@@ -53,10 +56,10 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                 readiness=readiness,
             )
         finally:
-            if flusher is not None:
-                flusher.cancel()
+            for task in reversed(tasks):
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                    await task
             if access is not None:
                 access.close()  # writes every line handed over
             if metrics is not None:

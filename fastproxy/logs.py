@@ -2,8 +2,8 @@
 
 Log records are handed to a QueueHandler; a QueueListener thread formats and writes them, so the
 event loop never blocks on a slow stderr. The access log bypasses `logging` (a LogRecord costs
-microseconds per request): AccessLog queues each RequestRecord and its own thread writes them in
-batches, in the configured format, when the `fastproxy` level lets INFO through.
+microseconds per request): AccessLog queues each RequestRecord, formats them in batches and has its
+own thread write them, in the configured format, when the `fastproxy` level lets INFO through.
 
 Access line fields (JSON): every RequestRecord field (request_id, method, path, endpoint, model, stream,
 status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, user_id, key_hint as
@@ -12,6 +12,7 @@ status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, us
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import os
@@ -62,64 +63,74 @@ def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
 
 
 class AccessLog:
-    """One line per request, formatted and written in batches by a thread of its own.
+    """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
     The request path only appends (time, record) to a deque (`write`, the observer). Every
-    `interval` seconds the thread formats what is there and writes it in chunks of whole lines no
-    larger than PIPE_BUF, so the lines of several workers sharing one stderr pipe never interleave
-    mid-line. Lifespan owns the thread: `start()` at startup, `close()` drains it at shutdown.
+    `interval` seconds `run()` (a task lifespan owns) formats what is there into chunks of whole
+    lines no larger than PIPE_BUF, so the lines of several workers sharing one stderr pipe never
+    interleave mid-line, and hands them to the writer thread, which only does the blocking writes.
+    Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
+    the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
+    `close()` formats and writes everything handed over, then stops the thread.
     """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None, interval: float = 0.05) -> None:
         self._format: Callable[[float, RequestRecord, int], str] = _JsonLines() if fmt == "json" else _text_line
         self._stream = stream
         self._interval = interval
+        self._pid = os.getpid()
         self._pending: deque[tuple[float, RequestRecord]] = deque()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fastproxy-access-log", daemon=True)
+        self._chunks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
 
     def write(self, record: RequestRecord) -> None:
         self._pending.append((time.time(), record))
 
     def start(self) -> None:
+        self._pid = os.getpid()
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the thread after it has written every line handed over so far."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+    async def run(self) -> None:
+        """Format pending lines every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            self.drain()
 
-    def _run(self) -> None:
-        pid = os.getpid()
-        stop = self._stop
-        while not stop.wait(self._interval):
-            self._drain(pid)
-        self._drain(pid)
-
-    def _drain(self, pid: int) -> None:
+    def drain(self) -> None:
+        """Format every pending record and queue the chunks for the writer thread."""
         pending = self._pending
         if not pending:
             return
-        stream = self._stream or sys.stderr
+        fmt, pid = self._format, self._pid
         chunk: list[str] = []
         size = 0
-        try:
-            while pending:
-                ts, record = pending.popleft()
-                line = self._format(ts, record, pid)
-                if size + len(line) > _PIPE_BUF and chunk:
-                    stream.write("".join(chunk))
-                    stream.flush()
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            if chunk:
-                stream.write("".join(chunk))
+        while pending:
+            ts, record = pending.popleft()
+            line = fmt(ts, record, pid)
+            if size + len(line) > _PIPE_BUF and chunk:
+                self._chunks.put("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._chunks.put("".join(chunk))
+
+    def close(self) -> None:
+        """Write every line handed over so far, then stop the writer thread."""
+        self.drain()
+        self._chunks.put(None)
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _write_chunks(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            stream = self._stream or sys.stderr
+            try:
+                stream.write(chunk)
                 stream.flush()
-        except (OSError, ValueError):
-            # stderr closed or full: losing access lines must never take the worker down.
-            pending.clear()
+            except (OSError, ValueError):
+                # stderr closed or broken: losing access lines must never take the worker down.
+                continue
 
 
 # A write to a pipe up to this size is atomic (POSIX), so lines from several processes stay whole.
