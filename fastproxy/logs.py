@@ -94,7 +94,10 @@ class AccessLog:
         """Format pending lines every `interval` seconds until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
-            self.drain()
+            try:
+                self.drain()
+            except Exception:
+                logging.getLogger("fastproxy").exception("access log formatting failed")
 
     def drain(self) -> None:
         """Format every pending record and queue the chunks for the writer thread."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import logging
 import os
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+log = logging.getLogger("fastproxy.metrics")
 FLUSH_INTERVAL = 1.0
 OTHER_MODEL = "other"
 NO_MODEL = "none"
@@ -226,7 +228,11 @@ class Metrics:
         """Flush every `interval` seconds until cancelled (lifespan owns the task)."""
         while True:
             await asyncio.sleep(interval)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:
+                # A bug here must not end the flushing for the life of the worker.
+                log.exception("metrics flush failed")
 
     def _model_label(self, model: str | None, status: int, upstream_status: int | None) -> str:
         if model is None:
@@ -339,7 +345,11 @@ class _Batch:
     def __init__(self, child: Histogram) -> None:
         self.child = child
         # prometheus-client's own bounds (ending in +Inf): bisect_left finds the bucket `observe` would.
+        # Its private per-bucket values are touched here, not first at flush, so that a client version
+        # without them fails at startup (Metrics() builds one batch) instead of in the flush task.
         self.bounds: list[float] = list(child._upper_bounds)
+        if len(child._buckets) != len(self.bounds) or not hasattr(child._sum, "inc"):
+            raise RuntimeError("unsupported prometheus-client: Histogram internals changed")
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
