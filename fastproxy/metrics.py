@@ -6,7 +6,8 @@ environment prometheus-client itself reads when it is first imported:
 - multiprocess: `PROMETHEUS_MULTIPROC_DIR` is set (the `fastproxy serve` master sets it to a fresh
   directory before Granian starts the workers, see fastproxy.multiproc). Each worker writes its values
   to its own mmap files there; `render()` merges the files of every worker, so any worker's /metrics
-  answers for the whole instance. Gauges use `livesum`: a dead worker's gauge files are removed.
+  answers for the whole instance. Gauges use `livesum`: a worker's gauge files are removed when it
+  stops, or at the next render once it has died (its counters stay: totals never go down).
 - single process (unit tests, an app served without the CLI): each Metrics owns a private registry.
 
 Label rules (series must stay bounded whatever clients send):
@@ -22,7 +23,8 @@ Key ids and user ids are never labels.
 Cost: the request path only adds to plain per-worker dicts and lists (observe() costs about as much
 as a few dict updates); `flush()` moves the sums into prometheus-client, every FLUSH_INTERVAL seconds
 (a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
-worker's latest second may therefore be missing from a scrape; nothing is ever lost or counted twice.
+worker's latest second may therefore be missing from a scrape; nothing is counted twice, and only a
+worker killed outright (SIGKILL, OOM) loses its last unflushed second.
 """
 
 from __future__ import annotations
