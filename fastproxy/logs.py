@@ -13,10 +13,12 @@ status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, us
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import logging.handlers
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -67,8 +69,8 @@ class AccessLog:
 
     The request path only appends (time, record) to a deque (`write`, the observer). Every
     `interval` seconds `run()` (a task lifespan owns) formats what is there into chunks of whole
-    lines no larger than PIPE_BUF, so the lines of several workers sharing one stderr pipe never
-    interleave mid-line, and hands them to the writer thread, which only does the blocking writes.
+    lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
+    never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
     `close()` formats and writes everything handed over, then stops the thread.
@@ -80,7 +82,8 @@ class AccessLog:
         self._interval = interval
         self._pid = os.getpid()
         self._pending: deque[tuple[float, RequestRecord]] = deque()
-        self._chunks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._chunk_limit = _PIPE_BUF
         self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
 
     def write(self, record: RequestRecord) -> None:
@@ -88,6 +91,7 @@ class AccessLog:
 
     def start(self) -> None:
         self._pid = os.getpid()
+        self._chunk_limit = _chunk_limit(self._stream or sys.stderr)
         self._thread.start()
 
     async def run(self) -> None:
@@ -100,23 +104,26 @@ class AccessLog:
                 logging.getLogger("fastproxy").exception("access log formatting failed")
 
     def drain(self) -> None:
-        """Format every pending record and queue the chunks for the writer thread."""
+        """Format every pending record and hand the chunks to the writer thread (one hand-over per call)."""
         pending = self._pending
         if not pending:
             return
-        fmt, pid = self._format, self._pid
+        fmt, pid, limit = self._format, self._pid, self._chunk_limit
+        chunks: list[str] = []
         chunk: list[str] = []
         size = 0
         while pending:
             ts, record = pending.popleft()
             line = fmt(ts, record, pid)
-            if size + len(line) > _PIPE_BUF and chunk:
-                self._chunks.put("".join(chunk))
+            if size + len(line) > limit and chunk:
+                chunks.append("".join(chunk))
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line)
         if chunk:
-            self._chunks.put("".join(chunk))
+            chunks.append("".join(chunk))
+        # One put per drain: every wake-up of the thread is a GIL hand-over with the loop.
+        self._chunks.put(chunks)
 
     def close(self) -> None:
         """Write every line handed over so far, then stop the writer thread."""
@@ -126,14 +133,28 @@ class AccessLog:
             self._thread.join(10)
 
     def _write_chunks(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
+        while (chunks := self._chunks.get()) is not None:
             stream = self._stream or sys.stderr
             try:
-                stream.write(chunk)
-                stream.flush()
+                for chunk in chunks:
+                    stream.write(chunk)
+                    stream.flush()
             except (OSError, ValueError):
                 # stderr closed or broken: losing access lines must never take the worker down.
                 continue
+
+
+def _chunk_limit(stream: TextIO) -> int:
+    """The largest write that keeps lines whole when several processes share `stream`.
+
+    A pipe or socket (a container runtime, journald) keeps only writes up to PIPE_BUF in one piece;
+    a regular file, a terminal or /dev/null takes any write whole, so one write per drain will do.
+    """
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return _PIPE_BUF
+    return _PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 1 << 20
 
 
 # A write to a pipe up to this size is atomic (POSIX), so lines from several processes stay whole.

@@ -6,9 +6,10 @@ import io
 import json
 import logging
 import os
+from pathlib import Path
 
 from fastproxy.lifespan import _open_access_log
-from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.logs import AccessLog, _chunk_limit, configure_logging
 from fastproxy.records import RequestRecord
 from fastproxy.schemas import TokenUsage
 from fastproxy.settings import Settings
@@ -103,3 +104,11 @@ def test_access_log_follows_level_and_switch() -> None:
     finally:
         listener.stop()
         logging.getLogger("fastproxy").handlers.clear()
+
+
+def test_chunk_limit_by_kind_of_stderr(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as pipe, os.fdopen(read_fd) as _reader, open(tmp_path / "log", "w") as file:
+        assert _chunk_limit(pipe) == 4096
+        assert _chunk_limit(file) > 4096
+    assert _chunk_limit(io.StringIO()) == 4096
