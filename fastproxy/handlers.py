@@ -176,6 +176,8 @@ async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpo
             await state.limiter.settle(admission, out.usage)
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
+        now = perf_counter()
+        err.headers.append(_server_timing(started, out.sent, now) if out.sent else _proxy_timing(started, now))
         await send_error(send, err, request_id)
     except ClientDisconnected:
         out.status, out.disconnected = 499, True
@@ -379,6 +381,11 @@ def _server_timing(started: float, sent: float, answered: float) -> tuple[bytes,
     """The proxy's own time before the upstream call, and the upstream's time to its response headers."""
     value = f"proxy;dur={(sent - started) * 1000:.2f}, upstream;dur={(answered - sent) * 1000:.2f}"
     return (b"server-timing", value.encode())
+
+
+def _proxy_timing(started: float, now: float) -> tuple[bytes, bytes]:
+    """For an answer the proxy gave by itself (the upstream was never called): its own time."""
+    return (b"server-timing", f"proxy;dur={(now - started) * 1000:.2f}".encode())
 
 
 async def _stream(

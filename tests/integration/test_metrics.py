@@ -135,6 +135,10 @@ async def test_server_timing_on_proxied_responses(http: httpx.AsyncClient, two_w
     assert float(match[2]) > 0
     async with http.stream("POST", two_workers.url + CHAT, json={"model": "m", "messages": [], "stream": True}) as s:
         assert s.headers["server-timing"].startswith("proxy;dur=")
+    # An answer the proxy gave by itself carries its own time only.
+    refused = await http.post(two_workers.url + CHAT, content=b"{not json")
+    assert refused.status_code == 400
+    assert re.fullmatch(r"proxy;dur=\d+\.\d\d", refused.headers["server-timing"])
 
 
 async def test_readyz_reports_each_dependency(http: httpx.AsyncClient, two_workers: Server) -> None:
