@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from fastproxy import __version__
 from fastproxy.cli_accounts import CommandError, add_commands, demo_key
+from fastproxy.multiproc import multiprocess_dir, serve_metrics_port
 from fastproxy.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 
@@ -47,7 +48,16 @@ def _apply_overrides(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings) -> None:
     workers = settings.workers or os.cpu_count() or 1
-    _granian("fastproxy.app:create_app", settings.host, settings.port, workers)
+    # Before any worker exists: every worker must see the same fresh metrics directory.
+    with multiprocess_dir(settings.metrics_dir) as metrics_path:
+        stop_metrics = None
+        if settings.metrics and settings.metrics_port:
+            stop_metrics = serve_metrics_port(settings.host, settings.metrics_port, metrics_path)
+        try:
+            _granian("fastproxy.app:create_app", settings.host, settings.port, workers)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

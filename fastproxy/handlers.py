@@ -95,6 +95,8 @@ class _Outcome:
         "events",
         "injected",
         "model",
+        "sent",
+        "started",
         "status",
         "stream",
         "ttfb",
@@ -114,9 +116,24 @@ class _Outcome:
         self.error: str | None = None
         self.disconnected = False
         self.events = 0
+        self.started = 0.0
+        # When the request went upstream (perf_counter), for Server-Timing and the metrics.
+        self.sent: float | None = None
 
 
 async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    metrics = state.metrics
+    if metrics is None:
+        await _proxy(state, scope, receive, send, endpoint)
+        return
+    metrics.started()
+    try:
+        await _proxy(state, scope, receive, send, endpoint)
+    finally:
+        metrics.finished()
+
+
+async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
     started = perf_counter()
     drop = _DROP_REQUEST_ACCOUNTED if endpoint.accounted else _DROP_REQUEST
     forward: HeaderList = []
@@ -136,6 +153,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         request_id = os.urandom(12).hex().encode()
     client = scope.get("client")
     out = _Outcome()
+    out.started = started
     principal = ANONYMOUS
     try:
         principal = await state.auth.authenticate(authorization)
@@ -160,6 +178,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             await state.limiter.settle(admission, _used(out))
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
+        now = perf_counter()
+        err.headers.append(_server_timing(started, out.sent, now) if out.sent else _proxy_timing(started, now))
         await send_error(send, err, request_id)
     except ClientDisconnected:
         out.status, out.disconnected = 499, True
@@ -175,6 +195,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         usage=out.usage,
         latency_ms=round((perf_counter() - started) * 1000, 3),
         ttfb_ms=round((out.ttfb - started) * 1000, 3) if out.ttfb else None,
+        proxy_ms=round((out.sent - started) * 1000, 3) if out.sent else None,
         error=out.error,
         key_id=principal.key_id,
         user_id=principal.user_id,
@@ -337,10 +358,12 @@ async def _exchange(
     extra_headers: RawHeaders,
     out: _Outcome,
 ) -> None:
+    out.sent = sent = perf_counter()
     resp = await state.upstream.send(method, url, headers, body)
     out.upstream_status = out.status = resp.status
     response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in _DROP_RESPONSE]
     response_headers.append((b"x-request-id", request_id))
+    response_headers.append(_server_timing(out.started, sent, perf_counter()))
     response_headers.extend(extra_headers)
     content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
     if content_type.startswith(b"text/event-stream"):
@@ -362,6 +385,17 @@ async def _exchange(
         await send({"type": "http.response.body", "body": data})
     else:
         await _stream(resp, send, response_headers, None, out)
+
+
+def _server_timing(started: float, sent: float, answered: float) -> tuple[bytes, bytes]:
+    """The proxy's own time before the upstream call, and the upstream's time to its response headers."""
+    value = f"proxy;dur={(sent - started) * 1000:.2f}, upstream;dur={(answered - sent) * 1000:.2f}"
+    return (b"server-timing", value.encode())
+
+
+def _proxy_timing(started: float, now: float) -> tuple[bytes, bytes]:
+    """For an answer the proxy gave by itself (the upstream was never called): its own time."""
+    return (b"server-timing", f"proxy;dur={(now - started) * 1000:.2f}".encode())
 
 
 async def _stream(

@@ -1,20 +1,25 @@
-"""Opens every resource a worker needs, in order, and closes them in reverse."""
+"""Opens every resource a worker needs, in order, and closes them in reverse (one AsyncExitStack)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from fastproxy.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.lastused import LastUsedWriter
-from fastproxy.logs import AccessLog, configure_logging
+from fastproxy.logs import ACCESS_LOGGER, AccessLog, configure_logging
+from fastproxy.metrics import Metrics
 from fastproxy.ratelimit import build_limiter
+from fastproxy.readiness import ReadinessCheck, upstream_check
 from fastproxy.settings import Settings
-from fastproxy.state import ReadyCheck, State
+from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import AiohttpUpstream, Upstream
 
@@ -29,9 +34,11 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
     try:
         log.info("starting with settings %s", settings.masked())
         async with contextlib.AsyncExitStack() as stack:
-            checks: list[ReadyCheck] = []
-            store = await _open_store(settings, stack, checks)
-            redis = await _open_redis(settings, stack, checks)
+            readiness: dict[str, ReadinessCheck] = {}
+            metrics = _open_metrics(settings, stack)
+            access = _open_access_log(settings, stack)
+            store = await _open_store(settings, stack, readiness)
+            redis = await _open_redis(settings, stack, readiness)
             auth: Authenticator = OpenAccess()
             cache: KeyAuthenticator | None = None
             if settings.auth == "keys":
@@ -57,24 +64,66 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
             limiter = build_limiter(settings)
             stack.push_async_callback(limiter.close)
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
-            observers = (AccessLog().write,) if settings.access_log else ()
+            base_url = settings.upstream_url.rstrip("/")
+            readiness["upstream"] = upstream_check(upstream, base_url, headers)
+            observers: tuple[Observer, ...] = ()
+            if access is not None:
+                observers += (access.write,)
+            if metrics is not None:
+                observers += (metrics.observe,)
             yield State(
                 settings=settings,
                 upstream=upstream,
                 auth=auth,
                 limiter=limiter,
                 observers=observers,
-                base_url=settings.upstream_url.rstrip("/"),
+                base_url=base_url,
                 upstream_headers=headers,
+                metrics=metrics,
+                readiness=readiness,
                 store=store,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
-                ready_checks=tuple(checks),
             )
     finally:
         listener.stop()
 
 
-async def _open_store(settings: Settings, stack: contextlib.AsyncExitStack, checks: list[ReadyCheck]) -> Store | None:
+def _own_task(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, None]) -> None:
+    """Start a background task that the exit stack cancels and awaits at shutdown."""
+    task = asyncio.create_task(coro)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+def _open_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Metrics | None:
+    if not settings.metrics:
+        return None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and settings.workers != 1:
+        log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics covers this worker only (use `fastproxy serve`)")
+    metrics = Metrics(max_models=settings.metrics_max_models)
+    stack.callback(metrics.close)  # the last flush, after every other component has reported
+    _own_task(stack, metrics.flush_periodically())
+    return metrics
+
+
+def _open_access_log(settings: Settings, stack: contextlib.AsyncExitStack) -> AccessLog | None:
+    if not settings.access_log or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
+        return None
+    access = AccessLog(settings.log_format)
+    access.start()
+    stack.callback(access.close)  # writes every line handed over
+    _own_task(stack, access.run())
+    return access
+
+
+async def _open_store(
+    settings: Settings, stack: contextlib.AsyncExitStack, readiness: dict[str, ReadinessCheck]
+) -> Store | None:
     if not settings.database_url:
         return None
     store = await open_store(settings.database_url, pool_size=settings.database_pool_size)
@@ -83,16 +132,20 @@ async def _open_store(settings: Settings, stack: contextlib.AsyncExitStack, chec
         applied = await store.migrate()
         if applied:
             log.info("database migrations applied: %s", ", ".join(applied))
-    checks.append(("database", store.ping))
+    readiness["database"] = store.ping
     return store
 
 
 async def _open_redis(
-    settings: Settings, stack: contextlib.AsyncExitStack, checks: list[ReadyCheck]
+    settings: Settings, stack: contextlib.AsyncExitStack, readiness: dict[str, ReadinessCheck]
 ) -> aioredis.Redis | None:
     if not settings.redis_url:
         return None
     client = aioredis.from_url(settings.redis_url)
     stack.push_async_callback(client.aclose)
-    checks.append(("redis", client.ping))
+
+    async def ping() -> None:
+        await client.ping()
+
+    readiness["redis"] = ping
     return client

@@ -1,19 +1,17 @@
-"""Liveness, readiness and identity endpoints."""
+"""Liveness, readiness, identity and metrics endpoints."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from time import perf_counter
 
 from fastproxy import __version__
-from fastproxy.errors import UpstreamError
-from fastproxy.responses import send_json
+from fastproxy.errors import RouteNotFound
+from fastproxy.readiness import run_checks
+from fastproxy.responses import send_error, send_json
 from fastproxy.schemas import json_encoder
 from fastproxy.state import State
 from fastproxy.types import Receive, Scope, Send
 
-READY_TIMEOUT = 2.0
 _HEALTH = json_encoder.encode({"status": "ok"})
 _ROOT = json_encoder.encode({"name": "fastproxy", "version": __version__})
 
@@ -28,10 +26,8 @@ async def root(state: State, scope: Scope, receive: Receive, send: Send) -> None
 
 
 async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    """Readiness: every configured dependency is pinged; 503 names each one that failed."""
-    checks = {"upstream": await _check_upstream(state)}
-    for name, ping in state.ready_checks:
-        checks[name] = await _check(ping)
+    """Readiness: every registered dependency check runs; 503 names each one that failed."""
+    checks = await run_checks(state.readiness)
     failed = [name for name, check in checks.items() if not check["ok"]]
     doc: dict[str, object] = {"status": "unready" if failed else "ready", "checks": checks}
     if failed:
@@ -39,31 +35,18 @@ async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> No
     await send_json(send, 503 if failed else 200, json_encoder.encode(doc))
 
 
-async def _check(ping: Callable[[], Awaitable[object]]) -> dict[str, object]:
-    """Any failure counts (a driver error, a timeout); its class name is all that is reported."""
-    started = perf_counter()
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            await ping()
-    except TimeoutError:
-        return {"ok": False, "error": "timeout"}
-    except Exception as exc:
-        return {"ok": False, "error": type(exc).__name__}
-    return {"ok": True, "ms": round((perf_counter() - started) * 1000, 2)}
+async def metrics(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    """Prometheus exposition for the whole instance (OpenMetrics when the Accept header asks for it).
 
-
-async def _check_upstream(state: State) -> dict[str, object]:
-    started = perf_counter()
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            resp = await state.upstream.send("GET", state.base_url + "/models", list(state.upstream_headers), b"")
-            await resp.read()
-            resp.release()
-    except TimeoutError:
-        return {"ok": False, "error": "timeout"}
-    except UpstreamError as err:
-        return {"ok": False, "error": err.code}
-    ms = round((perf_counter() - started) * 1000, 2)
-    if resp.status >= 500:
-        return {"ok": False, "error": f"status {resp.status}", "ms": ms}
-    return {"ok": True, "ms": ms}
+    Absent when metrics are off or served on their own port (FASTPROXY_METRICS_PORT).
+    """
+    if state.metrics is None or state.settings.metrics_port:
+        await send_error(send, RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})"))
+        return
+    accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), None)
+    state.metrics.flush()
+    # Merging every worker's files is file I/O: keep it off the event loop.
+    body, content_type = await asyncio.to_thread(state.metrics.render, accept)
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -19,6 +19,8 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     usage: TokenUsage | None
     latency_ms: float
     ttfb_ms: float | None
+    # The proxy's own time before the upstream call; None when the request never went upstream.
+    proxy_ms: float | None = None
     error: str | None = None
     key_id: str | None = None
     user_id: str | None = None

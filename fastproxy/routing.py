@@ -36,6 +36,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/models": {"GET": _to(MODELS)},
     "/health": {"GET": probes.health, "HEAD": probes.health},
     "/readyz": {"GET": probes.readyz},
+    "/metrics": {"GET": probes.metrics},
     "/": {"GET": probes.root},
 }
 MODEL_ITEM_PREFIX = "/v1/models/"

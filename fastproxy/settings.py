@@ -80,6 +80,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Token reconciliations (real usage minus the reserved estimate) are sent to Redis together, this
     # often, instead of one round trip per request; 0 sends each at once.
     ratelimit_settle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    # Prometheus metrics on /metrics; off removes every metric update from the request path.
+    metrics: bool = True
+    # Serve /metrics on this port instead (from the `fastproxy serve` master process); 0: on the API port.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # Multiprocess metrics files; empty: a fresh temporary directory per start. Wiped at every start.
+    metrics_dir: str = ""
+    # Distinct model label values per worker; later models are counted as `other`.
+    metrics_max_models: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 50
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fastproxy.auth import Authenticator
 from fastproxy.invalidation import Invalidator
 from fastproxy.limits import Limiter
+from fastproxy.metrics import Metrics
+from fastproxy.readiness import ReadinessCheck
 from fastproxy.records import RequestRecord
 from fastproxy.settings import Settings
 from fastproxy.store import Store
@@ -15,8 +17,6 @@ from fastproxy.upstream import Upstream
 
 # Called with every finished request's record; must not block (access log, metrics, usage writer).
 Observer = Callable[[RequestRecord], None]
-# A readiness probe of one dependency: (name, coroutine function that raises when it is not usable).
-ReadyCheck = tuple[str, Callable[[], Awaitable[object]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,11 @@ class State:
     base_url: str
     # Headers the proxy adds to every upstream request (the provider's credentials).
     upstream_headers: tuple[tuple[str, str], ...]
+    # None when metrics are switched off (FASTPROXY_METRICS=false).
+    metrics: Metrics | None
+    # Dependency name -> check, run by /readyz; adapters add theirs in lifespan.
+    readiness: Mapping[str, ReadinessCheck]
     # The key/user store; None when no database is configured (then only FASTPROXY_AUTH=none works).
     store: Store | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).
     invalidator: Invalidator | None = None
-    ready_checks: tuple[ReadyCheck, ...] = ()

@@ -1,0 +1,395 @@
+"""Every Prometheus metric the proxy exports, and the observer that derives them from request records.
+
+Built once per worker in lifespan (importing this module creates nothing). Two modes, chosen by the
+environment prometheus-client itself reads when it is first imported:
+
+- multiprocess: `PROMETHEUS_MULTIPROC_DIR` is set (the `fastproxy serve` master sets it to a fresh
+  directory before Granian starts the workers, see fastproxy.multiproc). Each worker writes its values
+  to its own mmap files there; `render()` merges the files of every worker, so any worker's /metrics
+  answers for the whole instance. Gauges use `livesum`: a worker's gauge files are removed when it
+  stops, or at the next render once it has died (its counters stay: totals never go down).
+- single process (unit tests, an app served without the CLI): each Metrics owns a private registry.
+
+Label rules (series must stay bounded whatever clients send):
+- `endpoint`: the fixed route names (chat.completions, completions, embeddings, responses, models,
+  passthrough); unknown paths are answered by the router and never reach the observer.
+- `model`: the first `max_models` distinct models this worker saw the upstream accept (2xx); every
+  other model, including typos and models the upstream refused, is `other`; no model is `none`.
+  Across W workers an instance exports at most W * max_models model values (usually the same ones).
+- `status`: the class of the status sent to the client: 2xx, 3xx, 4xx, 5xx.
+- `kind` / `reason` / `outcome`: small fixed vocabularies listed at each method.
+Key ids and user ids are never labels.
+
+Cost: the request path only adds to plain per-worker dicts and lists (observe() costs about as much
+as a few dict updates); `flush()` moves the sums into prometheus-client, every FLUSH_INTERVAL seconds
+(a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
+worker's latest second may therefore be missing from a scrape; nothing is counted twice, and only a
+worker killed outright (SIGKILL, OOM) loses its last unflushed second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from fastproxy.records import RequestRecord
+
+# An LLM gateway's requests last from milliseconds (cached embeddings) to many minutes (reasoning streams).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+# What the proxy itself adds is measured in microseconds to milliseconds.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+log = logging.getLogger("fastproxy.metrics")
+FLUSH_INTERVAL = 1.0
+OTHER_MODEL = "other"
+NO_MODEL = "none"
+_STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+# Error codes (fastproxy.errors) that mean the upstream failed, and the kind they are counted as.
+_UPSTREAM_ERROR_KIND = {"upstream_unreachable": "connect", "upstream_timeout": "timeout", "upstream_error": "protocol"}
+
+
+class Metrics:
+    """The metric definitions of one worker, and the methods the rest of the proxy calls to drive them.
+
+    Every method is cheap and never raises on valid input; none does I/O beyond prometheus-client's
+    own mmap writes in multiprocess mode.
+    """
+
+    def __init__(self, max_models: int = 50, multiprocess_dir: str | None = None) -> None:
+        if multiprocess_dir is None:
+            multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                "PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported in this process"
+            )
+        self.multiprocess_dir = multiprocess_dir
+        self.max_models = max_models
+        # In multiprocess mode the values live in files; the metric objects need no registry of their own.
+        own = CollectorRegistry(auto_describe=True)
+        reg = None if multiprocess_dir else own
+        self._declared: list[MetricWrapperBase] = []
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            metric = Counter(name, doc, tuple(labels), registry=reg)
+            self._declared.append(metric)
+            return metric
+
+        def histogram(name: str, doc: str, labels: Iterable[str], buckets: tuple[float, ...]) -> Histogram:
+            metric = Histogram(name, doc, tuple(labels), registry=reg, buckets=buckets)
+            self._declared.append(metric)
+            return metric
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            metric = Gauge(name, doc, tuple(labels), registry=reg, multiprocess_mode="livesum")
+            self._declared.append(metric)
+            return metric
+
+        # Requests, from the records the hot path hands to observers.
+        self.requests = counter(
+            "fastproxy_requests",
+            "Proxied requests by endpoint, model and status class.",
+            ("endpoint", "model", "status"),
+        )
+        self.request_duration = histogram(
+            "fastproxy_request_duration_seconds",
+            "Whole request time as the proxy saw it, streams included.",
+            ("endpoint",),
+            DURATION_BUCKETS,
+        )
+        self.upstream_duration = histogram(
+            "fastproxy_upstream_duration_seconds",
+            "Time from sending the request upstream to the end of its response.",
+            ("endpoint",),
+            DURATION_BUCKETS,
+        )
+        self.upstream_ttfb = histogram(
+            "fastproxy_upstream_ttfb_seconds",
+            "Streams: time from sending the request upstream to its first body byte.",
+            ("endpoint",),
+            DURATION_BUCKETS,
+        )
+        self.proxy_overhead = histogram(
+            "fastproxy_proxy_overhead_seconds",
+            "The proxy's own time before the upstream call (auth, body, limits).",
+            (),
+            OVERHEAD_BUCKETS,
+        )
+        self.in_flight = gauge("fastproxy_requests_in_flight", "Proxied requests being served now.")
+        self.tokens = counter("fastproxy_tokens", "Tokens reported by the upstream.", ("model", "kind"))
+        self.cost = counter("fastproxy_cost_usd", "Spend in US dollars by model.", ("model",))
+        self.rate_limit_rejections = counter(
+            "fastproxy_rate_limit_rejections", "Requests refused by the proxy's own limits.", ("kind",)
+        )
+        self.limiter_fallbacks = counter(
+            "fastproxy_limiter_fallbacks",
+            "Requests decided by the failure policy because the limiter store was unavailable.",
+            ("outcome",),
+        )
+        self.upstream_errors = counter("fastproxy_upstream_errors", "Upstream failures by kind.", ("kind",))
+        self.auth_failures = counter("fastproxy_auth_failures", "Requests refused by authentication.", ("reason",))
+        # The usage writer (driven by fastproxy.usage once it lands).
+        self.usage_buffer_depth = gauge("fastproxy_usage_buffer_rows", "Usage rows waiting in the writer's buffer.")
+        self.usage_rows_written = counter("fastproxy_usage_rows_written", "Usage rows written to the database.")
+        self.usage_batch_duration = histogram(
+            "fastproxy_usage_batch_duration_seconds", "Time to write one batch of usage rows.", (), BATCH_BUCKETS
+        )
+        self.usage_batches_failed = counter("fastproxy_usage_batches_failed", "Usage batches that failed to write.")
+        self.usage_journal_rows = gauge(
+            "fastproxy_usage_journal_rows", "Usage rows journaled to local disk, waiting for the database."
+        )
+        self.usage_rows_dropped = counter(
+            "fastproxy_usage_rows_dropped", "Usage rows dropped because the buffer and journal were full."
+        )
+
+        if multiprocess_dir:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        else:
+            self.registry = own
+        # Pending since the last flush: label values -> count, and per-endpoint histogram batches.
+        self._models: set[str] = set()
+        self._pending_requests: dict[tuple[str, str, str], int] = {}
+        self._pending_tokens: dict[tuple[str, str], int] = {}
+        self._timings: dict[str, tuple[_Batch, _Batch, _Batch]] = {}
+        self._overhead = _Batch(self.proxy_overhead)
+        self._in_flight = 0
+
+    # --- the observer -----------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """A proxied request began (the handler calls this and `finished` around every request)."""
+        self._in_flight += 1
+
+    def finished(self) -> None:
+        self._in_flight -= 1
+
+    def observe(self, r: RequestRecord) -> None:
+        """Derive every request metric from one finished request (State.observers calls this)."""
+        status = r.status
+        upstream_status = r.upstream_status
+        model = self._model_label(r.model, status, upstream_status)
+        key = (r.endpoint, model, _STATUS_CLASS[status // 100] if 0 <= status < 600 else "5xx")
+        pending = self._pending_requests
+        pending[key] = pending.get(key, 0) + 1
+        timings = self._timings.get(r.endpoint)
+        if timings is None:
+            e = r.endpoint
+            timings = self._timings[e] = (
+                _Batch(self.request_duration.labels(e)),
+                _Batch(self.upstream_duration.labels(e)),
+                _Batch(self.upstream_ttfb.labels(e)),
+            )
+        latency = r.latency_ms / 1000
+        timings[0].add(latency)
+        if r.proxy_ms is not None:
+            overhead = r.proxy_ms / 1000
+            self._overhead.add(overhead)
+            if upstream_status is not None:
+                timings[1].add(latency - overhead)
+                if r.stream and r.ttfb_ms is not None:
+                    timings[2].add(r.ttfb_ms / 1000 - overhead)
+        usage = r.usage
+        if usage is not None:
+            tokens = self._pending_tokens
+            if usage.prompt:
+                k = (model, "prompt")
+                tokens[k] = tokens.get(k, 0) + usage.prompt
+            if usage.completion:
+                k = (model, "completion")
+                tokens[k] = tokens.get(k, 0) + usage.completion
+        if r.error is not None or status >= 400:
+            self._count_failure(r)
+
+    def flush(self) -> None:
+        """Move what is pending into prometheus-client. Call on the event loop's thread only."""
+        if self._pending_requests:
+            for request_labels, n in self._pending_requests.items():
+                self.requests.labels(*request_labels).inc(n)
+            self._pending_requests.clear()
+        if self._pending_tokens:
+            for token_labels, n in self._pending_tokens.items():
+                self.tokens.labels(*token_labels).inc(n)
+            self._pending_tokens.clear()
+        for batches in self._timings.values():
+            for batch in batches:
+                batch.flush()
+        self._overhead.flush()
+        self.in_flight.set(self._in_flight)
+
+    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every `interval` seconds until cancelled (lifespan owns the task)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.flush()
+            except Exception:
+                # A bug here must not end the flushing for the life of the worker.
+                log.exception("metrics flush failed")
+
+    def _model_label(self, model: str | None, status: int, upstream_status: int | None) -> str:
+        if model is None:
+            return NO_MODEL
+        if model in self._models:
+            return model
+        # Only a model the upstream accepted may take one of the bounded slots: typos never do.
+        if status < 300 and upstream_status is not None and len(self._models) < self.max_models:
+            self._models.add(model)
+            return model
+        return OTHER_MODEL
+
+    def _count_failure(self, r: RequestRecord) -> None:
+        error = r.error
+        if r.upstream_status is None:
+            # The proxy answered by itself: the error code says why.
+            if error in _UPSTREAM_ERROR_KIND:
+                self.upstream_errors.labels(_UPSTREAM_ERROR_KIND[error]).inc()
+            elif r.status == 401:
+                self.auth_failures.labels(error or "unknown").inc()
+            elif r.status == 429:
+                self.rate_limited("budget" if error == "insufficient_quota" else "rate")
+            return
+        # The upstream answered; a 429 from it is passed through, not one of our rejections.
+        if r.upstream_status >= 500:
+            self.upstream_errors.labels("status").inc()
+        elif r.upstream_status == 429:
+            self.upstream_errors.labels("rate_limited").inc()
+        if error in _UPSTREAM_ERROR_KIND:
+            # Failed mid-stream, after the headers had been sent.
+            self.upstream_errors.labels(_UPSTREAM_ERROR_KIND[error]).inc()
+
+    # --- called by other components ---------------------------------------------------------------
+
+    def rate_limited(self, kind: str) -> None:
+        """A request refused by the proxy's limits. `kind`: rate (rpm/tpm/rpd/tpd) or budget (quota).
+
+        observe() already calls this for every proxy-side 429 record; call it directly only for
+        rejections that never produce a record.
+        """
+        self.rate_limit_rejections.labels(kind).inc()
+
+    def limiter_fallback(self, outcome: str) -> None:
+        """The limiter store was unreachable and the failure policy decided: `outcome` allowed or rejected."""
+        self.limiter_fallbacks.labels(outcome).inc()
+
+    def record_cost(self, model: str | None, usd: float) -> None:
+        """Spend of one request, under the same bounded model label as its request count."""
+        label = model if model in self._models else (NO_MODEL if model is None else OTHER_MODEL)
+        self.cost.labels(label).inc(usd)
+
+    def usage_buffered(self, rows: int) -> None:
+        """The writer's buffer now holds `rows` rows (set, not added)."""
+        self.usage_buffer_depth.set(rows)
+
+    def usage_batch_written(self, rows: int, seconds: float) -> None:
+        self.usage_rows_written.inc(rows)
+        self.usage_batch_duration.observe(seconds)
+
+    def usage_batch_failed(self, seconds: float) -> None:
+        self.usage_batches_failed.inc()
+        self.usage_batch_duration.observe(seconds)
+
+    def usage_journaled(self, rows: int) -> None:
+        """This worker's journal now holds `rows` rows waiting for the database (set, not added)."""
+        self.usage_journal_rows.set(rows)
+
+    def usage_dropped(self, rows: int) -> None:
+        self.usage_rows_dropped.inc(rows)
+
+    # --- exposition -------------------------------------------------------------------------------
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition (OpenMetrics when `accept` asks for it) and its content type.
+
+        Call flush() first (on the loop) to include this worker's latest requests. Multiprocess
+        mode reads every worker's files: call it off the event loop.
+        """
+        if self.multiprocess_dir:
+            prune_dead_workers(self.multiprocess_dir)
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def close(self) -> None:
+        """This worker stops: what is pending is flushed; its live gauges leave the sums (its counters stay)."""
+        self.flush()
+        if self.multiprocess_dir:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def exported_names(self) -> frozenset[str]:
+        """Every sample name this instance can export, whether or not it has a sample yet."""
+        names: set[str] = set()
+        for metric in self._declared:
+            for family in metric.describe():
+                if family.type == "counter":
+                    names.update((family.name + "_total", family.name + "_created"))
+                elif family.type == "histogram":
+                    base = family.name
+                    names.update((base + "_bucket", base + "_sum", base + "_count", base + "_created"))
+                else:
+                    names.add(family.name)
+        return frozenset(names)
+
+
+class _Batch:
+    """Observations of one histogram child since the last flush: bucket counts and their sum."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        # prometheus-client's own bounds (ending in +Inf): bisect_left finds the bucket `observe` would.
+        # Its private per-bucket values are touched here, not first at flush, so that a client version
+        # without them fails at startup (Metrics() builds one batch) instead of in the flush task.
+        self.bounds: list[float] = list(child._upper_bounds)
+        if len(child._buckets) != len(self.bounds) or not hasattr(child._sum, "inc"):
+            raise RuntimeError("unsupported prometheus-client: Histogram internals changed")
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        # Histogram has no public bulk observe: add to the per-bucket values `observe` would add to.
+        buckets = self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self.child._sum.inc(self.total)
+        self.total = 0.0
+
+
+def prune_dead_workers(path: str) -> None:
+    """Remove the live-gauge files of workers that died without shutting down (Granian respawns them)."""
+    pids = {
+        int(name.rsplit("_", 1)[1][:-3])
+        for name in glob.glob(os.path.join(path, "gauge_live*_*.db"))
+        if name.rsplit("_", 1)[1][:-3].isdigit()
+    }
+    for pid in pids:
+        if not _alive(pid):
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
