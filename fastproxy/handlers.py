@@ -94,6 +94,7 @@ class _Outcome:
         "events",
         "injected",
         "model",
+        "prompt_estimate",
         "status",
         "stream",
         "ttfb",
@@ -113,6 +114,7 @@ class _Outcome:
         self.error: str | None = None
         self.disconnected = False
         self.events = 0
+        self.prompt_estimate = 0
 
 
 async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -145,6 +147,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             view = _decode_view(body)
             body = _prepare_body(body, view, endpoint, principal, out)
             estimate = _estimate_tokens(len(body), view, state.settings.default_max_tokens)
+            out.prompt_estimate = _estimate_prompt(len(body))
             forward.append(_IDENTITY)
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
         forward.extend(state.upstream_headers)
@@ -181,6 +184,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         client_ip=client[0] if client else None,
         disconnected=out.disconnected,
         events=out.events,
+        prompt_estimate=out.prompt_estimate,
     )
     for observe in state.observers:
         observe(record)
@@ -253,7 +257,12 @@ def _prepare_body(body: bytes, view: RequestView, endpoint: Endpoint, principal:
 def _estimate_tokens(body_size: int, view: RequestView, default_max_tokens: int) -> int:
     """A cheap upper-leaning guess, reserved against token limits until the real usage is known."""
     completion = view.max_completion_tokens or view.max_tokens or view.max_output_tokens or default_max_tokens
-    return body_size // 4 + completion * (view.n or 1)
+    return _estimate_prompt(body_size) + completion * (view.n or 1)
+
+
+def _estimate_prompt(body_size: int) -> int:
+    # About four bytes of JSON per token: rough, but never needs the messages decoded.
+    return body_size // 4
 
 
 def _decode_view(body: bytes) -> RequestView:

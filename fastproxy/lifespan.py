@@ -14,9 +14,10 @@ from fastproxy.lastused import LastUsedWriter
 from fastproxy.limits import NoLimits
 from fastproxy.logs import AccessLog, configure_logging
 from fastproxy.settings import Settings
-from fastproxy.state import ReadyCheck, State
+from fastproxy.state import Observer, ReadyCheck, State
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import AiohttpUpstream, Upstream
+from fastproxy.usage.setup import open_usage
 
 log = logging.getLogger("fastproxy")
 
@@ -51,15 +52,18 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                     subscriber = Subscriber(cache, redis, channel_name(settings.redis_prefix))
                     subscriber.start()
                     stack.push_async_callback(subscriber.stop)
+            usage = await open_usage(settings, stack, store, redis)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
-            observers = (AccessLog().write,) if settings.access_log else ()
+            observers: tuple[Observer, ...] = (AccessLog().write,) if settings.access_log else ()
+            if usage is not None:
+                observers += (usage.observer,)
             yield State(
                 settings=settings,
                 upstream=upstream,
                 auth=auth,
-                limiter=NoLimits(),
+                limiter=usage.gate(NoLimits()) if usage is not None else NoLimits(),
                 observers=observers,
                 base_url=settings.upstream_url.rstrip("/"),
                 upstream_headers=headers,

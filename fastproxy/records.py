@@ -28,3 +28,5 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     # The client left before the response ended; the upstream request was cancelled.
     disconnected: bool = False
     events: int = 0
+    # The prompt part of the token estimate (accounted endpoints), for usage of streams that end without it.
+    prompt_estimate: int = 0

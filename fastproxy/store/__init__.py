@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from fastproxy.schemas import Limits
+
+if TYPE_CHECKING:
+    from fastproxy.usage.row import UsageRow
 
 # Called with the text of every statement sent to the database (tests count queries with it).
 QueryHook = Callable[[str], None]
@@ -118,6 +121,14 @@ class Store(Protocol):
 
     async def touch_keys(self, used: Mapping[str, int]) -> None:
         """Set last_used_at for many keys in one round trip (key id -> Unix seconds)."""
+        ...
+
+    async def write_usage(self, rows: Sequence[UsageRow]) -> int:
+        """Insert usage rows in one transaction, skipping request_ids already stored; return how many were new."""
+        ...
+
+    async def spend_totals(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Total cost_usd per key id and per user id, over every usage row."""
         ...
 
 
