@@ -185,6 +185,11 @@ class UsageWriter:
             self.stats.batches_failed += 1
             log.warning("usage batch of %d rows not written: %s", len(rows), exc or "timed out")
             return False
+        except Exception:
+            # Not a database failure we know, but the rows must not be lost with it: they get journaled.
+            self.stats.batches_failed += 1
+            log.exception("usage batch of %d rows not written", len(rows))
+            return False
         self.stats.last_batch_seconds = time.perf_counter() - started
         self.stats.batches_written += 1
         self.stats.rows_written += len(rows)
