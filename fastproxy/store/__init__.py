@@ -23,6 +23,7 @@ import msgspec
 from fastproxy.schemas import Limits
 
 if TYPE_CHECKING:
+    from fastproxy.usage.query import UsageQuery, UsageRecord, UsageSummary
     from fastproxy.usage.row import UsageRow
 
 # Called with the text of every statement sent to the database (tests count queries with it).
@@ -129,6 +130,14 @@ class Store(Protocol):
 
     async def spend_totals(self) -> tuple[dict[str, float], dict[str, float]]:
         """Total cost_usd per key id and per user id, over every usage row."""
+        ...
+
+    async def list_usage(self, q: UsageQuery) -> list[UsageRecord]:
+        """Usage records matching the filters, ordered by id, the first `q.limit` with id > `q.after`."""
+        ...
+
+    async def usage_summary(self, q: UsageQuery) -> UsageSummary:
+        """Totals of the records matching the filters (the cursor is ignored), by model and by UTC day."""
         ...
 
 

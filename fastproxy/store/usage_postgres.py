@@ -11,6 +11,18 @@ from typing import Any
 
 import msgspec
 
+from fastproxy.usage.query import (
+    RECORD_COLS,
+    TOTAL_COLS,
+    DayTotals,
+    ModelTotals,
+    UsageQuery,
+    UsageRecord,
+    UsageSummary,
+    record_from_row,
+    summary,
+    totals,
+)
 from fastproxy.usage.row import COLUMNS, UsageRow
 
 _COLS = ", ".join(COLUMNS)
@@ -29,6 +41,29 @@ _MOVE = (
     " ON CONFLICT (request_id) DO NOTHING"
 )
 _astuple = msgspec.structs.astuple
+_RECORD = RECORD_COLS.format(ts="extract(epoch FROM ts)::float8")
+_DAY = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+_BY_MODEL = f"SELECT model, {TOTAL_COLS} FROM usage{{where}} GROUP BY model ORDER BY model"
+_BY_DAY = f"SELECT {_DAY} AS day, {TOTAL_COLS} FROM usage{{where}} GROUP BY day ORDER BY day"
+
+
+def _where(q: UsageQuery, with_cursor: bool) -> tuple[str, list[Any]]:
+    """A WHERE clause of only the filters given (so the planner sees plain predicates), and its values."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for column, value, op in (
+        ("key_id", q.key_id, "="),
+        ("user_id", q.user_id, "="),
+        ("model", q.model, "="),
+        ("ts", q.start, ">= to_timestamp"),
+        ("ts", q.end, "< to_timestamp"),
+        ("id", q.after if with_cursor else None, ">"),
+    ):
+        if value is not None:
+            args.append(value)
+            parts.append(f"{column} {op}(${len(args)})")
+    return (" WHERE " + " AND ".join(parts)) if parts else "", args
 
 
 class PostgresUsage:
@@ -54,3 +89,23 @@ class PostgresUsage:
                 "SELECT user_id, sum(cost_usd) FROM usage WHERE user_id IS NOT NULL GROUP BY user_id"
             )
         return {r[0]: float(r[1]) for r in keys}, {r[0]: float(r[1]) for r in users}
+
+    async def list_usage(self, q: UsageQuery) -> list[UsageRecord]:
+        where, args = _where(q, with_cursor=True)
+        conn_cm: AbstractAsyncContextManager[Any] = self._conn()
+        async with conn_cm as conn:
+            rows = await conn.fetch(
+                f"SELECT {_RECORD} FROM usage{where} ORDER BY id LIMIT ${len(args) + 1}", *args, q.limit
+            )
+        return [record_from_row(r) for r in rows]
+
+    async def usage_summary(self, q: UsageQuery) -> UsageSummary:
+        where, args = _where(q, with_cursor=False)
+        conn_cm: AbstractAsyncContextManager[Any] = self._conn()
+        async with conn_cm as conn:
+            models = await conn.fetch(_BY_MODEL.format(where=where), *args)
+            days = await conn.fetch(_BY_DAY.format(where=where), *args)
+        return summary(
+            [ModelTotals(model=r[0], **totals(r[1:])) for r in models],
+            [DayTotals(date=r[0], **totals(r[1:])) for r in days],
+        )
