@@ -38,7 +38,9 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0
 """
+# The openai SDK honours x-should-retry: a spent budget does not come back by retrying.
 _NO_RETRY = [(b"x-should-retry", b"false")]
+_RETRY_SOON = [(b"retry-after", b"1")]
 
 
 class SpendTracker:
@@ -162,7 +164,7 @@ class UsageGate:
 
     async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
         if not self._writer.accepting:
-            raise ServiceUnavailable("Usage accounting is unavailable; please retry shortly.")
+            raise ServiceUnavailable("Usage accounting is unavailable; please retry shortly.", headers=_RETRY_SOON)
         key_limits, user_limits = principal.key_limits, principal.user_limits
         if key_limits is not None and key_limits.max_budget_usd is not None:
             spent = _over(self._spend, "key:", principal.key_id, key_limits.max_budget_usd)
