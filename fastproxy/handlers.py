@@ -133,8 +133,10 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             request_id = value
         elif name == b"content-length":
             content_length = value
+    id_from_client = True
     if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
         request_id = os.urandom(12).hex().encode()
+        id_from_client = False
     client = scope.get("client")
     out = _Outcome()
     principal = ANONYMOUS
@@ -185,6 +187,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         disconnected=out.disconnected,
         events=out.events,
         prompt_estimate=out.prompt_estimate,
+        request_id_from_client=id_from_client,
     )
     for observe in state.observers:
         observe(record)

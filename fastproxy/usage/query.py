@@ -44,6 +44,8 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     error: str | None
     # Tokens estimated (stream abandoned or failed before upstream reported usage).
     estimated: bool
+    # The x-request-id the client sent, if any (request_id is then the proxy's own, unique one).
+    client_request_id: str | None
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -74,7 +76,7 @@ class UsageSummary(msgspec.Struct, kw_only=True):
 RECORD_COLS = (
     "id, request_id, {ts}, key_id, user_id, model, provider, endpoint, streamed, status, prompt_tokens,"
     " completion_tokens, total_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttfb_ms, error,"
-    " estimated"
+    " estimated, client_request_id"
 )
 TOTAL_COLS = "count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cost_usd)"
 
@@ -101,6 +103,7 @@ def record_from_row(row: Sequence[Any]) -> UsageRecord:
         ttfb_ms=row[17],
         error=row[18],
         estimated=bool(row[19]),
+        client_request_id=row[20],
     )
 
 

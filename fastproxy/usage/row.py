@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -34,13 +35,14 @@ COLUMNS = (
     "client_ip",
     "error",
     "estimated",
+    "client_request_id",
 )
 
 
 class UsageRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     """One row of `usage`, fields in COLUMNS order (array_like: a journal line is a compact JSON array).
 
-    `ts` is Unix seconds (float) when the request started.
+    `ts` is Unix seconds (float) when the request started. `request_id` is unique per proxied request.
     """
 
     request_id: str
@@ -64,6 +66,10 @@ class UsageRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     client_ip: str | None
     error: str | None
     estimated: bool
+    # The x-request-id the client sent, when it sent one; `request_id` is then the proxy's own, because
+    # it is the idempotency key of the row and a client may reuse ids (by mistake, or to dodge billing).
+    # Last and defaulted, so journal lines written before it existed still decode.
+    client_request_id: str | None = None
 
 
 RowMaker = Callable[[RequestRecord], UsageRow]
@@ -90,6 +96,10 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
     """A function that turns a record into a priced row; `clock` is read when the record arrives (its end)."""
 
     def make(record: RequestRecord) -> UsageRow:
+        if record.request_id_from_client:
+            request_id, client_request_id = os.urandom(12).hex(), record.request_id
+        else:
+            request_id, client_request_id = record.request_id, None
         usage = record.usage
         estimated = False
         if usage is None:
@@ -98,7 +108,7 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
         if usage is None:
             usage = _ZERO
         return UsageRow(
-            request_id=record.request_id,
+            request_id=request_id,
             ts=clock() - record.latency_ms / 1000,
             key_id=record.key_id,
             user_id=record.user_id,
@@ -120,6 +130,7 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             client_ip=record.client_ip,
             error=record.error,
             estimated=estimated,
+            client_request_id=client_request_id,
         )
 
     return make

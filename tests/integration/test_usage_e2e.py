@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.integration.servers import Server, start_proxy
-from tests.integration.usage_db import usage_rows
+from tests.integration.usage_db import usage_list
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "Count the tokens, please"}]
 CHAT = {"model": "mock-model", "messages": MESSAGES}
@@ -59,12 +59,20 @@ async def test_every_request_leaves_exactly_one_priced_row(
                     await sdk.chat.completions.create(  # type: ignore[call-overload]
                         **CHAT, extra_headers={"x-request-id": f"fail-{i}", "x-mock-status": "500"}
                     )
+            # A client reusing one x-request-id still pays for every request.
+            for _ in range(3):
+                await sdk.chat.completions.create(**CHAT, extra_headers={"x-request-id": "reused"})  # type: ignore[call-overload]
         for i in range(2):
             await abandon_stream(http, proxy.url, f"gone-{i}")
         await asyncio.sleep(0.5)  # the proxy notices the disconnects
     finally:
         proxy.stop_proc_only()
-    rows = await usage_rows(database_url)
+    everything = await usage_list(database_url)
+    reused = [r for r in everything if r["client_request_id"] == "reused"]
+    assert len(reused) == 3 and len({r["request_id"] for r in reused}) == 3
+    assert all(r["cost_usd"] > 0 for r in reused)
+    rows = {r["client_request_id"]: r for r in everything if r["client_request_id"] != "reused"}
+    assert len(rows) == len(everything) - 3
     assert sorted(rows) == sorted(
         [*expected, *(f"stream-{i}" for i in range(4)), *(f"fail-{i}" for i in range(3)), "gone-0", "gone-1"]
     ), proxy.log()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fastproxy.schemas import TokenUsage
 from fastproxy.usage.pricing import PriceTableError, load_prices
-from fastproxy.usage.row import row_maker
+from fastproxy.usage.row import UsageRow, row_maker
 from tests.unit.test_usage_writer import record
 
 make = row_maker(load_prices(), "openai", clock=lambda: 1000.0)
@@ -64,3 +65,19 @@ def test_price_override_file(tmp_path: Path) -> None:
         load_prices(str(bad))
     with pytest.raises(PriceTableError, match="cannot read"):
         load_prices(str(tmp_path / "missing.toml"))
+
+
+def test_a_client_request_id_is_kept_beside_a_unique_one_of_the_proxy() -> None:
+    a = make(record(1, request_id="client-id", request_id_from_client=True))
+    b = make(record(2, request_id="client-id", request_id_from_client=True))
+    assert a.client_request_id == b.client_request_id == "client-id"
+    assert a.request_id != b.request_id and "client-id" not in (a.request_id, b.request_id)
+    own = make(record(3, request_id="abc123"))
+    assert (own.request_id, own.client_request_id) == ("abc123", None)
+
+
+def test_journal_lines_without_the_newest_column_still_decode() -> None:
+    line = msgspec.json.encode(make(record(1)))
+    assert line.endswith(b",null]")
+    older = line.removesuffix(b",null]") + b"]"
+    assert msgspec.json.decode(older, type=UsageRow) == make(record(1))
