@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -72,6 +73,41 @@ class SpendTracker:
         if name not in self._watched:
             self._watched.add(name)
         return self._spent.get(name, 0.0)
+
+    async def rebuild(self, read_totals: Callable[[], Awaitable[tuple[dict[str, float], dict[str, float]]]]) -> None:
+        """Initial figures at startup: from Redis when it already holds them, else from the database.
+
+        The database aggregate (SUM(cost) per key and per user over the whole usage table) runs once per
+        Redis lifetime, not once per worker start: the first instance sets `<prefix>spend:rebuilt` after
+        raising the counters; later ones read the counters back instead. Without Redis it runs in every
+        worker. Raises StoreError when the database is needed and fails.
+        """
+        if self._redis is not None:
+            try:
+                if await self._redis.exists(self._prefix + "rebuilt"):
+                    await self._read_all()
+                    return
+            except RedisError as exc:
+                log.warning("could not read spend counters from Redis, reading the database: %s", exc)
+        await self.load(*await read_totals())
+        if self._redis is not None:
+            with contextlib.suppress(RedisError):
+                await self._redis.set(self._prefix + "rebuilt", "1")
+
+    async def _read_all(self) -> None:
+        redis = self._redis
+        assert redis is not None
+        names: list[str] = []
+        async for raw in redis.scan_iter(match=self._prefix + "*", count=1000):
+            name = raw.decode()[len(self._prefix) :]
+            if name != "rebuilt":
+                names.append(name)
+        for i in range(0, len(names), 1000):
+            chunk = names[i : i + 1000]
+            values = await redis.mget([self._prefix + n for n in chunk])
+            for name, value in zip(chunk, values, strict=True):
+                if value is not None:
+                    self._spent[name] = max(self._spent.get(name, 0.0), float(value))
 
     async def load(self, keys: dict[str, float], users: dict[str, float]) -> None:
         """Start from the database totals (per key id, per user id); raise the Redis counters to them."""

@@ -43,7 +43,7 @@ async def open_usage(
     prices = load_prices(settings.price_table)
     spend = SpendTracker(redis, settings.redis_prefix, settings.budget_sync_interval)
     try:
-        await spend.load(*await store.spend_totals())
+        await spend.rebuild(store.spend_totals)
     except StoreError as exc:
         log.warning("could not read spend totals from the database; budgets start from Redis only: %s", exc)
     spend.start()

@@ -119,3 +119,39 @@ async def test_redis_down_keeps_spend_pending(redis_prefix: str) -> None:
         assert tracker._pending["key:k1"] == pytest.approx(0.5)
     finally:
         await dead.aclose()
+
+
+async def test_rebuild_reads_the_database_once_per_redis_lifetime(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    calls = 0
+
+    async def totals() -> tuple[dict[str, float], dict[str, float]]:
+        nonlocal calls
+        calls += 1
+        return {"k1": 1.5}, {"u1": 4.0}
+
+    first = SpendTracker(redis_client, redis_prefix)
+    await first.rebuild(totals)
+    first.charge(row(0.5))
+    await first.sync()
+    second = SpendTracker(redis_client, redis_prefix)
+    await second.rebuild(totals)
+    assert calls == 1
+    # Known at once, before any sync: the first request of a budgeted key is checked against it.
+    assert second.spent("key:k1") == pytest.approx(2.0) and second.spent("user:u1") == pytest.approx(4.5)
+    # Redis lost its data: the next start reads the database again.
+    async for key in redis_client.scan_iter(match=redis_prefix + "*"):
+        await redis_client.delete(key)
+    third = SpendTracker(redis_client, redis_prefix)
+    await third.rebuild(totals)
+    assert calls == 2 and third.spent("key:k1") == pytest.approx(1.5)
+
+
+async def test_rebuild_without_redis_reads_the_database() -> None:
+    async def totals() -> tuple[dict[str, float], dict[str, float]]:
+        return {"k1": 0.75}, {}
+
+    tracker = SpendTracker()
+    await tracker.rebuild(totals)
+    assert tracker.spent("key:k1") == pytest.approx(0.75)
