@@ -2,6 +2,7 @@
 
     POST   /admin/users          GET /admin/users          GET|PATCH|DELETE /admin/users/{id}
     POST   /admin/keys           GET /admin/keys[?user_id] GET|PATCH|DELETE /admin/keys/{id}
+    GET    /admin/usage          GET /admin/usage/summary  GET /admin/users/{id}/usage   (fastproxy.usage.api)
 
 Authenticated by `Authorization: Bearer $FASTPROXY_ADMIN_KEY` (constant-time compare). With no
 admin key configured every /admin path is 404, as if the API did not exist. Lists are ordered by
@@ -43,6 +44,7 @@ from fastproxy.schemas import Limits, json_encoder
 from fastproxy.state import State
 from fastproxy.store import Store, StoreError
 from fastproxy.types import Receive, Scope, Send
+from fastproxy.usage import api as usage_api
 
 log = logging.getLogger("fastproxy.admin")
 
@@ -126,6 +128,10 @@ def _route(method: str, path: str) -> tuple[Operation, str]:
         if method != "GET":
             raise MethodNotAllowed(f"Method {method} not allowed for {path}.", headers=[(b"allow", b"GET")])
         return key_limits, parts[1]
+    if len(parts) == 3 and parts[0] == "users" and parts[2] == "usage" and _ID.match(parts[1]):
+        if method != "GET":
+            raise MethodNotAllowed(f"Method {method} not allowed for {path}.", headers=[(b"allow", b"GET")])
+        return user_usage, parts[1]
     if len(parts) in (1, 2) and parts[0] in _TABLE and (len(parts) == 1 or _ID.match(parts[1])):
         table = _TABLE[parts[0]][len(parts) - 1]
         operation = table.get(method)
@@ -300,6 +306,17 @@ async def key_limits(call: _Call) -> tuple[int, Any]:
     return 200, {"object": "list", "key_id": key.id, "data": levels}
 
 
+async def user_usage(call: _Call) -> tuple[int, Any]:
+    await _user_or_404(call, call.ident)
+    return await usage_api.admin_user_usage(call)
+
+
+async def usage_item(call: _Call) -> tuple[int, Any]:
+    if call.ident != "summary":
+        raise RouteNotFound(f"Invalid URL (GET /admin/usage/{call.ident})")
+    return await usage_api.admin_summary(call)
+
+
 # resource -> (collection methods, item methods)
 _TABLE: dict[str, tuple[dict[str, Operation], dict[str, Operation]]] = {
     "users": (
@@ -310,4 +327,5 @@ _TABLE: dict[str, tuple[dict[str, Operation], dict[str, Operation]]] = {
         {"POST": create_key, "GET": list_keys},
         {"GET": get_key, "PATCH": patch_key, "DELETE": delete_key},
     ),
+    "usage": ({"GET": usage_api.admin_usage}, {"GET": usage_item}),
 }

@@ -8,6 +8,7 @@
     ├── AuthenticationFailed (401 invalid_api_key)
     ├── PermissionDenied (403)
     ├── RateLimited (429 rate_limit_exceeded)
+    ├── QuotaExceeded (429 insufficient_quota: a key's or user's max_budget_usd is spent)
     ├── ServiceUnavailable (503)
     └── UpstreamError (502 upstream_error)
         ├── UpstreamUnreachable (502 upstream_unreachable)
@@ -84,6 +85,12 @@ class RateLimited(ProxyError):
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ProxyError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class ServiceUnavailable(ProxyError):

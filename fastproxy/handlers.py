@@ -95,6 +95,7 @@ class _Outcome:
         "events",
         "injected",
         "model",
+        "prompt_estimate",
         "sent",
         "started",
         "status",
@@ -119,6 +120,7 @@ class _Outcome:
         self.started = 0.0
         # When the request went upstream (perf_counter), for Server-Timing and the metrics.
         self.sent: float | None = None
+        self.prompt_estimate = 0
 
 
 async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -149,8 +151,10 @@ async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpo
             request_id = value
         elif name == b"content-length":
             content_length = value
+    id_from_client = True
     if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
         request_id = os.urandom(12).hex().encode()
+        id_from_client = False
     client = scope.get("client")
     out = _Outcome()
     out.started = started
@@ -164,6 +168,7 @@ async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpo
             view = _decode_view(body)
             body = _prepare_body(body, view, endpoint, principal, out)
             estimate = _estimate_tokens(len(body), view, state.settings.default_max_tokens)
+            out.prompt_estimate = _estimate_prompt(len(body))
             forward.append(_IDENTITY)
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
         forward.extend(state.upstream_headers)
@@ -203,6 +208,8 @@ async def _proxy(state: State, scope: Scope, receive: Receive, send: Send, endpo
         client_ip=client[0] if client else None,
         disconnected=out.disconnected,
         events=out.events,
+        prompt_estimate=out.prompt_estimate,
+        request_id_from_client=id_from_client,
     )
     for observe in state.observers:
         observe(record)
@@ -283,7 +290,12 @@ def _prepare_body(body: bytes, view: RequestView, endpoint: Endpoint, principal:
 def _estimate_tokens(body_size: int, view: RequestView, default_max_tokens: int) -> int:
     """A cheap upper-leaning guess, reserved against token limits until the real usage is known."""
     completion = view.max_completion_tokens or view.max_tokens or view.max_output_tokens or default_max_tokens
-    return body_size // 4 + completion * (view.n or 1)
+    return _estimate_prompt(body_size) + completion * (view.n or 1)
+
+
+def _estimate_prompt(body_size: int) -> int:
+    # About four bytes of JSON per token: rough, but never needs the messages decoded.
+    return body_size // 4
 
 
 def _decode_view(body: bytes) -> RequestView:

@@ -22,6 +22,7 @@ from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import AiohttpUpstream, Upstream
+from fastproxy.usage.setup import open_usage
 
 log = logging.getLogger("fastproxy")
 
@@ -58,6 +59,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                     subscriber = Subscriber(cache, redis, channel_name(settings.redis_prefix))
                     subscriber.start()
                     stack.push_async_callback(subscriber.stop)
+            usage = await open_usage(settings, stack, store, redis, metrics)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             # Closed before the upstream: it sends the last pending token reconciliations.
@@ -71,11 +73,14 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = Aio
                 observers += (access.write,)
             if metrics is not None:
                 observers += (metrics.observe,)
+            if usage is not None:
+                observers += (usage.observer,)
             yield State(
                 settings=settings,
                 upstream=upstream,
                 auth=auth,
-                limiter=limiter,
+                # Budgets are checked before any rate-limit bucket is taken.
+                limiter=usage.gate(limiter) if usage is not None else limiter,
                 observers=observers,
                 base_url=base_url,
                 upstream_headers=headers,

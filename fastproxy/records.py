@@ -30,3 +30,7 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     # The client left before the response ended; the upstream request was cancelled.
     disconnected: bool = False
     events: int = 0
+    # The prompt part of the token estimate (accounted endpoints), for usage of streams that end without it.
+    prompt_estimate: int = 0
+    # request_id is the client's x-request-id (not unique: clients may reuse one), not one the proxy made.
+    request_id_from_client: bool = False

@@ -13,6 +13,7 @@ from fastproxy import admin, probes
 from fastproxy.handlers import Endpoint, proxy
 from fastproxy.state import State
 from fastproxy.types import Receive, Scope, Send
+from fastproxy.usage import api as usage_api
 
 Handler = Callable[[State, Scope, Receive, Send], Awaitable[None]]
 
@@ -34,6 +35,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/embeddings": {"POST": _to(EMBEDDINGS)},
     "/v1/responses": {"POST": _to(RESPONSES)},
     "/v1/models": {"GET": _to(MODELS)},
+    # Exact routes, so the passthrough below never sends them upstream.
+    "/v1/usage": {"GET": usage_api.own_usage},
+    "/v1/usage/summary": {"GET": usage_api.own_summary},
     "/health": {"GET": probes.health, "HEAD": probes.health},
     "/readyz": {"GET": probes.readyz},
     "/metrics": {"GET": probes.metrics},

@@ -88,6 +88,26 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     metrics_dir: str = ""
     # Distinct model label values per worker; later models are counted as `other`.
     metrics_max_models: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 50
+    # Usage accounting (fastproxy/usage/): one row per request, batched off the request path; needs a database.
+    usage_enabled: bool = True
+    usage_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    usage_flush_interval: Seconds = 1.0
+    # Rows held in memory per worker at most; see usage_on_overflow.
+    usage_buffer_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    # A batch not written within this time goes to the journal (the database is treated as down).
+    usage_flush_timeout: Seconds = 5.0
+    # How often journaled rows are retried against the database.
+    usage_replay_interval: Seconds = 5.0
+    # One journal file per worker process here; files of processes that are gone are replayed by the others.
+    usage_journal_dir: str = "./fastproxy-journal"
+    # Buffer full and journal unusable: "drop" rows (logged, counted) or "reject" new requests with 503.
+    usage_on_overflow: Literal["drop", "reject"] = "drop"
+    # A TOML or JSON price table ([models."name"] input/output/cached_input USD per 1M tokens) over the shipped one.
+    price_table: str = ""
+    # Recorded as the provider of every usage row.
+    provider_name: str = "openai"
+    # How often each worker pushes its spend to Redis and reads back every budgeted key's and user's total.
+    budget_sync_interval: Seconds = 0.5
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):

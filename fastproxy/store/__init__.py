@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from fastproxy.schemas import Limits
+
+if TYPE_CHECKING:
+    from fastproxy.usage.query import UsageQuery, UsageRecord, UsageSummary
+    from fastproxy.usage.row import UsageRow
 
 # Called with the text of every statement sent to the database (tests count queries with it).
 QueryHook = Callable[[str], None]
@@ -118,6 +122,22 @@ class Store(Protocol):
 
     async def touch_keys(self, used: Mapping[str, int]) -> None:
         """Set last_used_at for many keys in one round trip (key id -> Unix seconds)."""
+        ...
+
+    async def write_usage(self, rows: Sequence[UsageRow]) -> int:
+        """Insert usage rows in one transaction, skipping request_ids already stored; return how many were new."""
+        ...
+
+    async def spend_totals(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Total cost_usd per key id and per user id, over every usage row."""
+        ...
+
+    async def list_usage(self, q: UsageQuery) -> list[UsageRecord]:
+        """Usage records matching the filters, ordered by id, the first `q.limit` with id > `q.after`."""
+        ...
+
+    async def usage_summary(self, q: UsageQuery) -> UsageSummary:
+        """Totals of the records matching the filters (the cursor is ignored), by model and by UTC day."""
         ...
 
 

@@ -24,6 +24,7 @@ from fastproxy.store import (
     encode_models,
     migrations,
 )
+from fastproxy.store.usage_postgres import PostgresUsage
 
 # One lock id for every fastproxy instance migrating the same database.
 _MIGRATION_LOCK = zlib.crc32(b"fastproxy.schema_migrations")
@@ -92,7 +93,7 @@ def _set_clause(changes: Mapping[str, Any], allowed: frozenset[str]) -> tuple[st
     return ", ".join(parts), args
 
 
-class PostgresStore:
+class PostgresStore(PostgresUsage):
     dialect = "postgres"
 
     def __init__(self, pool: asyncpg.Pool) -> None:

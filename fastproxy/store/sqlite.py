@@ -28,6 +28,7 @@ from fastproxy.store import (
     encode_models,
     migrations,
 )
+from fastproxy.store.usage_sqlite import SqliteUsage
 
 _BUSY_TIMEOUT_S = 30.0
 _USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
@@ -101,7 +102,7 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteStore:
+class SqliteStore(SqliteUsage):
     dialect = "sqlite"
 
     def __init__(self, conn: aiosqlite.Connection) -> None:

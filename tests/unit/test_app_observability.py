@@ -84,7 +84,10 @@ async def _request(
 
 @pytest.fixture
 async def running(request: pytest.FixtureRequest) -> AsyncIterator[FastProxy]:
-    app = FastProxy(Settings(access_log=False, auth="none", database_url="", **getattr(request, "param", {})), upstream_factory=_fake)
+    app = FastProxy(
+        Settings(access_log=False, auth="none", database_url="", **getattr(request, "param", {})),
+        upstream_factory=_fake,
+    )
     inbox: asyncio.Queue[Message] = asyncio.Queue()
     outbox: asyncio.Queue[Message] = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
