@@ -19,6 +19,7 @@ ASGI task, not only on the client library).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,7 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import passthrough  # noqa: E402
-import contextlib
 
 UP_PORT = 18091
 GRANIAN_PORT = 18191
