@@ -12,7 +12,7 @@ from fastproxy.routing import resolve
 from fastproxy.settings import Settings, load_settings
 from fastproxy.state import State
 from fastproxy.types import Receive, Scope, Send
-from fastproxy.upstream import AiohttpUpstream
+from fastproxy.upstream import build_upstream
 
 log = logging.getLogger("fastproxy")
 
@@ -20,7 +20,7 @@ log = logging.getLogger("fastproxy")
 class FastProxy:
     """One per worker process. `state` exists between lifespan startup and shutdown."""
 
-    def __init__(self, settings: Settings | None = None, upstream_factory: UpstreamFactory = AiohttpUpstream) -> None:
+    def __init__(self, settings: Settings | None = None, upstream_factory: UpstreamFactory = build_upstream) -> None:
         self._settings = settings
         self._upstream_factory = upstream_factory
         self.state: State | None = None

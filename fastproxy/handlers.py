@@ -386,9 +386,9 @@ async def _exchange(
         try:
             data = await resp.read()
         except BaseException:
-            resp.abort()
+            await resp.abort()
             raise
-        resp.release()
+        await resp.release()
         out.ttfb = perf_counter()
         if resp.status < 300:
             out.usage = usage_from_json(data)[0]
@@ -427,14 +427,14 @@ async def _stream(
             await send({"type": "http.response.body", "body": tail, "more_body": True})
     except UpstreamError as err:
         # Headers are gone already: all that is left is to end the stream and say why in the log.
-        resp.abort()
+        await resp.abort()
         out.error = err.code
         log.warning("upstream stream failed: %s", err.message)
     except BaseException:
-        resp.abort()
+        await resp.abort()
         raise
     else:
-        resp.release()
+        await resp.release()
     finally:
         if watcher is not None:
             out.usage, out.events = watcher.usage, watcher.events

@@ -21,7 +21,7 @@ from fastproxy.readiness import ReadinessCheck, upstream_check
 from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
-from fastproxy.upstream import AiohttpUpstream, Upstream
+from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.usage.setup import open_usage
 
 log = logging.getLogger("fastproxy")
@@ -30,7 +30,7 @@ UpstreamFactory = Callable[[Settings], Upstream]
 
 
 @contextlib.asynccontextmanager
-async def open_state(settings: Settings, upstream_factory: UpstreamFactory = AiohttpUpstream) -> AsyncIterator[State]:
+async def open_state(settings: Settings, upstream_factory: UpstreamFactory = build_upstream) -> AsyncIterator[State]:
     listener = configure_logging(settings.log_level, settings.log_format)
     try:
         log.info("starting with settings %s", settings.masked())

@@ -51,7 +51,7 @@ def upstream_check(upstream: Upstream, base_url: str, headers: tuple[tuple[str, 
     async def check() -> None:
         resp = await upstream.send("GET", base_url + "/models", list(headers), b"")
         await resp.read()
-        resp.release()
+        await resp.release()
         if resp.status >= 500:
             raise UpstreamNotReady(f"status {resp.status}")
 

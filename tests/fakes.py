@@ -29,10 +29,10 @@ class FakeResponse:
     async def read(self) -> bytes:
         return b"".join(self._chunks)
 
-    def release(self) -> None:
+    async def release(self) -> None:
         self.released = True
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         self.aborted = True
 
 

@@ -27,10 +27,10 @@ class _Response:
     async def read(self) -> bytes:
         return BODY
 
-    def release(self) -> None:
+    async def release(self) -> None:
         return None
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         return None
 
 

@@ -1,7 +1,6 @@
-"""The seam between the proxy and the network: a tiny client interface and its aiohttp implementation.
+"""The upstream seam implemented with aiohttp (pure asyncio; FASTPROXY_UPSTREAM_CLIENT=aiohttp).
 
-aiohttp was chosen by measurement on the proxy path (bench/clients/RESULTS.md). Its exceptions are
-mapped here to fastproxy.errors so handlers never see a library type:
+Its exceptions are mapped here to fastproxy.errors so handlers never see a library type:
 
     connection refused / reset / DNS  -> UpstreamUnreachable (502)
     connect, read or total timeout    -> UpstreamTimeout (504)
@@ -12,45 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 import aiohttp
 
 from fastproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from fastproxy.settings import Settings
 from fastproxy.types import RawHeaders
-
-HeaderList = list[tuple[str, str]]
-
-
-class UpstreamResponse(Protocol):
-    status: int
-    headers: RawHeaders
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        """Yield body bytes as they arrive from the network; raises UpstreamError subclasses."""
-        ...
-
-    async def read(self) -> bytes:
-        """The whole body; raises UpstreamError subclasses."""
-        ...
-
-    def release(self) -> None:
-        """The body was consumed: give the connection back to the pool."""
-
-    def abort(self) -> None:
-        """Stop now: close the connection, so the upstream sees the client go away."""
+from fastproxy.upstream import HeaderList, UpstreamResponse
 
 
-class Upstream(Protocol):
-    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
-        """Send a request and return once the status and headers are in; raises UpstreamError subclasses."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-def map_error(exc: BaseException) -> UpstreamError:
+def _map_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout("The upstream provider did not answer in time.")
     if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
@@ -71,18 +41,18 @@ class _AiohttpResponse:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise map_error(exc) from exc
+            raise _map_error(exc) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise map_error(exc) from exc
+            raise _map_error(exc) from exc
 
-    def release(self) -> None:
+    async def release(self) -> None:
         self._resp.release()
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         self._resp.close()
 
 
@@ -113,7 +83,7 @@ class AiohttpUpstream:
         try:
             resp = await self._session.request(method, url, headers=headers, data=body or None)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise map_error(exc) from exc
+            raise _map_error(exc) from exc
         return _AiohttpResponse(resp)
 
     async def close(self) -> None:
