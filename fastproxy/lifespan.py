@@ -63,7 +63,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             # Closed before the upstream: it sends the last pending token reconciliations.
-            limiter = build_limiter(settings)
+            limiter = build_limiter(settings, metrics)
             stack.push_async_callback(limiter.close)
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             base_url = settings.upstream_url.rstrip("/")

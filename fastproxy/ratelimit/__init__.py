@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from fastproxy.limits import Limiter
+from fastproxy.metrics import Metrics
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.local import LocalLimiter
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
@@ -20,7 +21,7 @@ from fastproxy.settings import Settings
 log = logging.getLogger("fastproxy.ratelimit")
 
 
-def build_limiter(settings: Settings) -> Limiter:
+def build_limiter(settings: Settings, metrics: Metrics | None = None) -> Limiter:
     """The limiter the settings ask for: Redis when FASTPROXY_REDIS_URL is set, in-process otherwise.
 
     Opens no connection (redis-py connects on first use), so nothing here can fail at startup.
@@ -35,6 +36,7 @@ def build_limiter(settings: Settings) -> Limiter:
             fail_open=settings.ratelimit_failure == "fail_open",
             retry_interval=settings.redis_retry_interval,
             settle_interval=settings.ratelimit_settle_interval,
+            on_fallback=metrics.limiter_fallback if metrics is not None else None,
         )
     log.info("rate limits: in process, per instance (no redis_url)")
     return LocalLimiter(planner)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, Final
 
@@ -125,8 +125,11 @@ class RedisLimiter:
         retry_interval: float = 1.0,
         settle_interval: float = 0.0,
         clock: Clock = time.monotonic,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> None:
         self.planner = planner
+        # Told "allowed" (served by in-process limits) or "rejected" (503) for each request Redis missed.
+        self._on_fallback = on_fallback
         self.store = RedisStore(client, load_script())
         # 0: one round trip per settle; otherwise reconciliations are coalesced (see settler.py).
         self.settler = Settler(self.store, settle_interval) if settle_interval > 0 else None
@@ -160,6 +163,8 @@ class RedisLimiter:
                     log.warning("Redis is back: rate limits are shared across instances again")
                 return core.admitted(principal, estimate, plan, taken, self.store)
         self.fallbacks += 1
+        if self._on_fallback is not None:
+            self._on_fallback("allowed" if self._fail_open else "rejected")
         if not self._fail_open:
             raise ServiceUnavailable("The rate limiter is unavailable; please retry shortly.")
         taken = self.fallback.store.take_now(plan.buckets, costs)

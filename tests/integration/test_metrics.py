@@ -242,3 +242,38 @@ async def test_in_flight_gauge_rises_and_falls(http: httpx.AsyncClient, two_work
         resp = await slow
     assert resp.status_code == 200
     await _until_async(in_flight, 0)
+
+
+async def test_rate_limit_rejections_summed_over_two_workers(
+    http: httpx.AsyncClient, mock_upstream: Server, redis_url: str, redis_prefix: str
+) -> None:
+    """A global rpm shared through Redis: the proxy's own 429s, counted once each over both workers."""
+    limit = 12
+    server = start_proxy(
+        mock_upstream.url + "/v1",
+        FASTPROXY_WORKERS="2",
+        FASTPROXY_REDIS_URL=redis_url,
+        FASTPROXY_REDIS_PREFIX=redis_prefix,
+        FASTPROXY_GLOBAL_LIMITS=json.dumps({"rpm": limit}),
+    )
+    clients = [httpx.AsyncClient(timeout=30) for _ in range(6)]
+    statuses: Counter[int] = Counter()
+    try:
+
+        async def one(client: httpx.AsyncClient) -> None:
+            body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
+            statuses[(await client.post(server.url + CHAT, json=body)).status_code] += 1
+
+        await asyncio.gather(*(one(c) for c in clients for _ in range(6)))
+        await _until(lambda: sum(_access_pids(server).values()) == 36)
+        assert len(_access_pids(server)) == 2, _access_pids(server)
+        assert statuses == {200: limit, 429: 36 - limit}
+        await _until_async(lambda: _scraped_total(http, server.url), 36)
+        text = (await http.get(server.url + "/metrics")).text
+        assert _total(text, "fastproxy_rate_limit_rejections_total", kind="rate") == 36 - limit
+        assert _total(text, "fastproxy_requests_total", status="4xx") == 36 - limit
+        assert _total(text, "fastproxy_upstream_errors_total") == 0
+    finally:
+        for c in clients:
+            await c.aclose()
+        server.stop()

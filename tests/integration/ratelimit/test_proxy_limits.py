@@ -286,6 +286,9 @@ async def test_redis_restart_mid_run(
     assert 500 not in statuses
     log = proxy.log()
     assert log.count("Redis unavailable for rate limits") == 1 and "Redis is back" in log
+    outcome = "allowed" if policy == "fail_open" else "rejected"
+    exposition = (await http.get(proxy.url + "/metrics")).text
+    assert f'fastproxy_limiter_fallbacks_total{{outcome="{outcome}"}} 20.0' in exposition, exposition
     # Back on Redis: the restarted server holds the global bucket again.
     probe = connect(own_redis.url, 2.0)
     try:
