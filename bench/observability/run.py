@@ -133,6 +133,7 @@ def measure(name: str, upstream: str, args: argparse.Namespace, tmp: Path) -> di
         "FASTPROXY_WORKERS": "1",
         "FASTPROXY_PORT": str(port),
         "FASTPROXY_DATABASE_URL": "",
+        "FASTPROXY_AUTH": "none",
         "FASTPROXY_LOG_LEVEL": "info",
         **CONFIGS[name],
     }

@@ -138,6 +138,7 @@ def measure(name: str, upstream: str, env: dict[str, str], args: argparse.Namesp
         "FASTPROXY_WORKERS": "1",
         "FASTPROXY_PORT": str(port),
         "FASTPROXY_DATABASE_URL": "",
+        "FASTPROXY_AUTH": "none",
         "FASTPROXY_ACCESS_LOG": "false",
         "FASTPROXY_LOG_LEVEL": "warning",
         **env,
