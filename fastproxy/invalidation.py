@@ -12,12 +12,13 @@ Messages are `key:<id>`, `user:<id>` or `all`: ids only, never keys or hashes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from fastproxy.tasks import stop_task
 
 log = logging.getLogger("fastproxy.invalidation")
 
@@ -88,11 +89,8 @@ class Subscriber:
         self._task = asyncio.create_task(self._run(), name="auth-invalidation-subscriber")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = 0.1

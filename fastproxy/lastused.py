@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from fastproxy.store import Store, StoreError
+from fastproxy.tasks import stop_task
 
 log = logging.getLogger("fastproxy.lastused")
 
@@ -30,11 +30,8 @@ class LastUsedWriter:
         self._task = asyncio.create_task(self._run(), name="last-used-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.flush()
 
     async def flush(self) -> None:

@@ -21,6 +21,7 @@ from fastproxy.readiness import ReadinessCheck, upstream_check
 from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
+from fastproxy.tasks import stop_task
 from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.usage.setup import open_usage
 
@@ -95,14 +96,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
 
 def _own_task(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, None]) -> None:
     """Start a background task that the exit stack cancels and awaits at shutdown."""
-    task = asyncio.create_task(coro)
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop)
+    stack.push_async_callback(stop_task, asyncio.create_task(coro))
 
 
 def _open_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Metrics | None:

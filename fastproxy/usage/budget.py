@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from fastproxy.errors import QuotaExceeded, ServiceUnavailable
 from fastproxy.limits import Admission, Limiter
 from fastproxy.schemas import BucketLevel, Principal, TokenUsage
+from fastproxy.tasks import stop_task
 from fastproxy.usage.row import UsageRow
 
 log = logging.getLogger("fastproxy.usage")
@@ -131,9 +132,7 @@ class SpendTracker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
             await self.sync()
 

@@ -15,6 +15,7 @@ from fastproxy.metrics import Metrics
 from fastproxy.settings import Settings
 from fastproxy.state import Observer
 from fastproxy.store import Store, StoreError
+from fastproxy.tasks import stop_task
 from fastproxy.usage.budget import SpendTracker, UsageGate
 from fastproxy.usage.journal import Journal
 from fastproxy.usage.pricing import load_prices
@@ -72,14 +73,7 @@ async def open_usage(
     # Pushed after the spend sync, so popped before it: the last rows are charged, then pushed to Redis.
     stack.push_async_callback(writer.stop)
     if metrics is not None:
-        sampler = asyncio.create_task(_sample_gauges(writer, metrics))
-
-        async def stop_sampler() -> None:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-
-        stack.push_async_callback(stop_sampler)
+        stack.push_async_callback(stop_task, asyncio.create_task(_sample_gauges(writer, metrics)))
     return Usage(writer, spend)
 
 
