@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -216,8 +217,16 @@ def header(a: argparse.Namespace, load_before: tuple[float, float, float]) -> li
     ]
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # Every process we start has its own session (so stopping it reaches its workers), so a SIGTERM
+    # to the harness would reach none of them: unwind through the finally blocks that stop them.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("the suite needs 2 CPUs: the proxy on CPU 0, load and upstream on CPU 1")
     # The harness polls /proc and samples RSS: keep that off the proxy's core. Children inherit it,
@@ -288,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"Upstream: {r['upstream']}. It sleeps before every SSE event, the finish, usage and [DONE] "
                 f"events included, so its own floor is {floor}. Target: p99 within 5 % of the ideal, no "
                 "errors. When the direct row is already well over the ideal, CPU 1 (mock + Python client) is "
-                'the limit, and "p99 over direct" is the proxy\'s share.\n',
+                "the limit, and \"p99 over direct\" is the proxy's share. fastproxy's upstream pool "
+                "(FASTPROXY_POOL_SIZE, default 1024 per worker) bounds its concurrent upstream streams: beyond "
+                "it, streams wait for a connection.\n",
                 *report.slow_table(r["runs"], r["ideal_s"]),
             ]
         if "latency" in a.scenarios:
@@ -298,10 +309,13 @@ def main(argv: list[str] | None = None) -> None:
                 ns = out.get("nonstream", {}).get("runs", {}).get("full")
                 sat = median([x["rps"] for x in ns]) if isinstance(ns, list) and ns else 0.0
                 if not sat:
-                    log("  measuring full's saturation rate first (nonstream did not run)")
-                    sat = scenarios.saturation_rate(ctx, "full")
+                    log("  measuring full's saturation rate first (nonstream did not measure it)")
+                    try:
+                        sat = scenarios.saturation_rate(ctx, "full")
+                    except RuntimeError as exc:
+                        log(f"  {exc}; pass --latency-rate")
                 rate = sat / 2
-            r = scenarios.latency(ctx, a.latency_configs, rate)
+            r = scenarios.latency(ctx, a.latency_configs, rate) if rate else {"rate": 0, "runs": {}}
             out["latency"] = r
             md_out += [
                 f"\n### Added latency, open loop at {rate:.0f} req/s (half of full's saturation), "
