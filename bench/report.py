@@ -78,7 +78,7 @@ def ratios(res: dict[str, Runs], unit: str, targets: bool) -> list[str]:
     return out
 
 
-def slow_table(res: dict[str, Runs], ideal: float) -> list[str]:
+def slow_table(res: dict[str, Runs]) -> list[str]:
     lines = [
         "| target x streams | completed | errors | p50 s | p99 s | p99 over ideal | p99 over direct "
         "| SSE events/stream | proxy CPU µs/event | proxy RSS MB | other CPU s |",
@@ -90,8 +90,10 @@ def slow_table(res: dict[str, Runs], ideal: float) -> list[str]:
             continue
         if not runs:
             continue
-        n = label.rsplit("x", 1)[1]
-        direct = res.get(f"direct x{n}")
+        what = label.split(" ", 1)[1]  # "x500" or "x2000 @100ms"
+        n = what.split(" ")[0][1:]
+        ideal = _med(runs, "ideal_s")
+        direct = res.get(f"direct {what}")
         dp99 = _med(direct, "p99_s") if isinstance(direct, list) and direct else math.nan
         p99 = _med(runs, "p99_s")
         over_direct = "-" if label.startswith("direct") or math.isnan(dp99) else f"{(p99 / dp99 - 1) * 100:+.1f} %"

@@ -142,16 +142,18 @@ def stream(ctx: Ctx, names: list[str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- slow streams
-def _streams(ctx: Ctx, t: Target, n: int, headers: list[str], sample: Callable[[], None] | None = None) -> Run:
+def _streams(
+    ctx: Ctx, t: Target, n: int, headers: list[str], sample: Callable[[], None] | None = None, ramp_ms: float = 0
+) -> Run:
     argv = ["-m", "bench.slowstreams", "--url", t.base + CHAT, "--streams", str(n), "--key", t.key]
-    argv += ["--ramp-ms", str(ctx.args.slow_ramp_ms)]
+    argv += ["--ramp-ms", str(ramp_ms)]
     for h in headers:
         argv += ["--header", h]
     return run_json(argv, timeout=ctx.args.slow_timeout + 60, sample=sample)
 
 
-def slow(ctx: Ctx, plan: list[tuple[str, int]]) -> dict[str, Any]:
-    """Concurrent slow streams: `plan` lists (target, concurrent streams)."""
+def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
+    """Concurrent slow streams: `plan` lists (target, concurrent streams, ms between chunks)."""
     a = ctx.args
     proc, port = start_mock(ctx.workdir, chunks=a.slow_chunks, delay_ms=a.slow_delay_ms, workers=a.mock_workers)
     upstream = f"http://127.0.0.1:{port}"
@@ -159,8 +161,10 @@ def slow(ctx: Ctx, plan: list[tuple[str, int]]) -> dict[str, Any]:
     try:
         for rnd in range(a.slow_runs):
             ctx.log(f"  round {rnd + 1}/{a.slow_runs}")
-            for name, n in plan:
-                label = f"{name} x{n}"
+            for name, n, delay_ms in plan:
+                label = f"{name} x{n}" + ("" if delay_ms == a.slow_delay_ms else f" @{delay_ms:g}ms")
+                # The mock's delay is per request (x-mock-delay-ms); the ramp scales with it.
+                ramp_ms = a.slow_ramp_ms * delay_ms / a.slow_delay_ms if a.slow_delay_ms else 0.0
                 runs = res.setdefault(label, [])
                 if isinstance(runs, str):
                     continue
@@ -174,11 +178,13 @@ def slow(ctx: Ctx, plan: list[tuple[str, int]]) -> dict[str, Any]:
                     waited = wait_quiet(a.quiet_wait)
                     win = CpuWindow({"proxy": t.pid, "upstream": proc.pid})
                     win.start()
-                    r = _streams(ctx, t, n, [])
+                    r = _streams(ctx, t, n, [f"x-mock-delay-ms:{delay_ms:g}"], ramp_ms=ramp_ms)
                     cpu = win.stop()
                     events = max(1, r["events_total"])
                     r.update(
                         target=name,
+                        ideal_s=a.slow_chunks * delay_ms / 1000,
+                        delay_ms=delay_ms,
                         proxy_cpu_s=cpu["proxy"],
                         proxy_cpu_us_per_chunk=cpu["proxy"] / events * 1e6 if t.proc else None,
                         upstream_cpu_s=cpu["upstream"],
