@@ -81,12 +81,12 @@ def ratios(res: dict[str, Runs], unit: str, targets: bool) -> list[str]:
 def slow_table(res: dict[str, Runs]) -> list[str]:
     lines = [
         "| target x streams | completed | errors | p50 s | p99 s | p99 over ideal | p99 over direct "
-        "| SSE events/stream | proxy CPU µs/event | proxy RSS MB | other CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| SSE events/stream | proxy CPU µs/event | proxy RSS MB | other CPU s | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, runs in res.items():
         if isinstance(runs, str):
-            lines.append(f"| {label} | failed: {runs} ||||||||||")
+            lines.append(f"| {label} | failed: {runs} |||||||||||")
             continue
         if not runs:
             continue
@@ -101,7 +101,8 @@ def slow_table(res: dict[str, Runs]) -> list[str]:
             f"| {label} | {_f(_med(runs, 'completed'))}/{n} | {sum(r['errors'] for r in runs)} "
             f"| {_f(_med(runs, 'p50_s'), '.3f')} | {_f(p99, '.3f')} | {(p99 / ideal - 1) * 100:+.1f} % | {over_direct} "
             f"| {_f(_med(runs, 'events_per_stream'))} | {_f(_med(runs, 'proxy_cpu_us_per_chunk'), '.1f')} "
-            f"| {_f(_med(runs, 'proxy_rss_mb'), '.0f')} | {_f(_med(runs, 'other_cpu_s'), '.1f')} |"
+            f"| {_f(_med(runs, 'proxy_rss_mb'), '.0f')} | {_f(_med(runs, 'other_cpu_s'), '.1f')} "
+            f"| {_f(_med(runs, 'loadavg'), '.1f')} |"
         )
     return lines
 
@@ -109,15 +110,15 @@ def slow_table(res: dict[str, Runs]) -> list[str]:
 def latency_table(res: dict[str, Runs]) -> list[str]:
     lines = [
         "| target | completed/scheduled | errors | p50 ms | p99 ms | p50 added | p99 added | client send lag p99 ms "
-        "| proxy core | other CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| proxy core | other CPU s | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     direct = res.get("direct")
     d50 = _med(direct, "p50_us") if isinstance(direct, list) and direct else math.nan
     d99 = _med(direct, "p99_us") if isinstance(direct, list) and direct else math.nan
     for name, runs in res.items():
         if isinstance(runs, str):
-            lines.append(f"| {name} | failed: {runs} |||||||||")
+            lines.append(f"| {name} | failed: {runs} ||||||||||")
             continue
         if not runs:
             continue
@@ -131,7 +132,7 @@ def latency_table(res: dict[str, Runs]) -> list[str]:
             f"| {name} | {sum(r['completed'] for r in runs)}/{sum(r['scheduled'] for r in runs)} "
             f"| {sum(r['errors'] for r in runs)} | {p50 / 1e3:.2f} | {p99 / 1e3:.2f} | {add50} | {add99} "
             f"| {_med(runs, 'lag_p99_us') / 1e3:.2f} | {util} "
-            f"| {_f(_med(runs, 'other_cpu_s'), '.1f')} |"
+            f"| {_f(_med(runs, 'other_cpu_s'), '.1f')} | {_f(_med(runs, 'loadavg'), '.1f')} |"
         )
     return lines
 
@@ -139,17 +140,18 @@ def latency_table(res: dict[str, Runs]) -> list[str]:
 def memory_table(res: dict[str, Any], streams: int) -> list[str]:
     lines = [
         f"| configuration | at rest MB | peak during {streams} streams | after {streams} streams (ok/errors) "
-        "| soak: warm MB | soak: end MB | soak: max MB | growth | idle after soak MB | soak requests (errors) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| soak: warm MB | soak: end MB | soak: max MB | growth | idle after soak MB | soak requests (errors) "
+        "| load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in res.items():
         if isinstance(m, str):
-            lines.append(f"| {name} | failed: {m} |||||||||")
+            lines.append(f"| {name} | failed: {m} ||||||||||")
             continue
         lines.append(
             f"| {name} | {m['rest_mb']:.1f} | {m['streams_peak_mb']:.1f} | {m['after_streams_mb']:.1f} "
             f"({m['streams_completed']}/{m['streams_errors']}) | {m['soak_warm_mb']:.1f} | {m['soak_end_mb']:.1f} "
             f"| {m['soak_max_mb']:.1f} | {m['soak_growth_pct']:+.1f} % | {m['after_soak_idle_mb']:.1f} "
-            f"| {m['soak_requests']} ({m['soak_errors']}) |"
+            f"| {m['soak_requests']} ({m['soak_errors']}) | {m['loadavg']:.1f} |"
         )
     return lines
