@@ -327,9 +327,12 @@ def main(argv: list[str] | None = None) -> None:
             r = scenarios.latency(ctx, a.latency_configs, rate) if rate else {"rate": 0, "runs": {}}
             out["latency"] = r
             md_out += [
-                f"\n### Added latency, open loop at {rate:.0f} req/s (half of full's saturation), "
+                f"\n### Added latency, open loop at {rate:.0f} req/s "
+                f"({'--latency-rate' if a.latency_rate else 'half of full' + chr(39) + 's saturation'}), "
                 f"{a.latency_runs} x {a.latency_duration:g} s\n",
-                "Latency from each request's scheduled send time (no coordinated omission). Targets: p50 "
+                f"Upstream: {r.get('upstream', '-')}. Load: bench/openloop.py on CPU 1. Latency from each "
+                'request\'s scheduled send time (no coordinated omission); "from send" is from the moment '
+                "the client really sent it (its timers fire with millisecond granularity). Targets: p50 "
                 "added < 1 ms, p99 added < 5 ms. If the client's send lag p99 nears the latencies, the "
                 "client (Python, CPU 1) is the limit, not the proxy.\n",
                 *report.latency_table(r["runs"]),

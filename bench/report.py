@@ -109,16 +109,16 @@ def slow_table(res: dict[str, Runs]) -> list[str]:
 
 def latency_table(res: dict[str, Runs]) -> list[str]:
     lines = [
-        "| target | completed/scheduled | errors | p50 ms | p99 ms | p50 added | p99 added | client send lag p99 ms "
-        "| proxy core | other CPU s | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | completed/scheduled | errors | p50 ms | p99 ms | p50 added | p99 added | from send: p50 / p99 ms "
+        "| client send lag p99 ms | proxy core | other CPU s | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     direct = res.get("direct")
     d50 = _med(direct, "p50_us") if isinstance(direct, list) and direct else math.nan
     d99 = _med(direct, "p99_us") if isinstance(direct, list) and direct else math.nan
     for name, runs in res.items():
         if isinstance(runs, str):
-            lines.append(f"| {name} | failed: {runs} ||||||||||")
+            lines.append(f"| {name} | failed: {runs} |||||||||||")
             continue
         if not runs:
             continue
@@ -131,6 +131,7 @@ def latency_table(res: dict[str, Runs]) -> list[str]:
         lines.append(
             f"| {name} | {sum(r['completed'] for r in runs)}/{sum(r['scheduled'] for r in runs)} "
             f"| {sum(r['errors'] for r in runs)} | {p50 / 1e3:.2f} | {p99 / 1e3:.2f} | {add50} | {add99} "
+            f"| {_med(runs, 'svc_p50_us') / 1e3:.2f} / {_med(runs, 'svc_p99_us') / 1e3:.2f} "
             f"| {_med(runs, 'lag_p99_us') / 1e3:.2f} | {util} "
             f"| {_f(_med(runs, 'other_cpu_s'), '.1f')} | {_f(_med(runs, 'loadavg'), '.1f')} |"
         )

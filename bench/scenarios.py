@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 from bench.configs import ProxyConfig
 from bench.harness import (
     CHAT_BODY,
+    NGINX,
     STREAM_BODY,
     Backing,
     CpuWindow,
@@ -119,15 +121,25 @@ def closed_loop(
     return res
 
 
+def chat_upstream(ctx: Ctx) -> tuple[subprocess.Popen[bytes], int, str]:
+    """nginx with the canned chat.completion, or the mock if nginx is not installed (and say so)."""
+    if os.path.exists(NGINX):
+        proc, port = start_nginx(ctx.workdir)
+        return proc, port, "nginx 1 worker, canned 687 B chat.completion"
+    ctx.log(f"  {NGINX} not found: the upstream is fastproxy mock-upstream (slower, uses more of CPU 1)")
+    proc, port = start_mock(ctx.workdir, chunks=10, delay_ms=0)
+    return proc, port, "fastproxy mock-upstream (nginx not installed), ~600 B chat.completion"
+
+
 def nonstream(ctx: Ctx, names: list[str]) -> dict[str, Any]:
-    proc, port = start_nginx(ctx.workdir)
+    proc, port, what = chat_upstream(ctx)
     try:
         res = closed_loop(
             ctx, names, f"http://127.0.0.1:{port}", proc.pid, CHAT_BODY, ctx.args.duration, b'"chat.completion"'
         )
     finally:
         stop(proc)
-    return {"upstream": "nginx 1 worker, canned 687 B chat.completion", "runs": res}
+    return {"upstream": what, "runs": res}
 
 
 def stream(ctx: Ctx, names: list[str]) -> dict[str, Any]:
@@ -220,7 +232,7 @@ def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- open-loop latency
 def latency(ctx: Ctx, names: list[str], rate: float) -> dict[str, Any]:
     a = ctx.args
-    proc, port = start_nginx(ctx.workdir)
+    proc, port, what = chat_upstream(ctx)
     upstream = f"http://127.0.0.1:{port}"
     res: dict[str, list[Run] | str] = {n: [] for n in names}
 
@@ -268,7 +280,7 @@ def latency(ctx: Ctx, names: list[str], rate: float) -> dict[str, Any]:
                         t.close()
     finally:
         stop(proc)
-    return {"upstream": "nginx (as nonstream)", "rate": rate, "runs": res}
+    return {"upstream": what, "rate": rate, "runs": res}
 
 
 def saturation_rate(ctx: Ctx, name: str) -> float:
@@ -304,7 +316,7 @@ def memory(ctx: Ctx, names: list[str]) -> dict[str, Any]:
                     peak[0] = max(peak[0], rss_mb(wpid))
 
                 headers = [f"x-mock-chunks:{a.slow_chunks}", f"x-mock-delay-ms:{a.slow_delay_ms}"]
-                r = _streams(ctx, t, a.memory_streams, headers, sample=sample_peak)
+                r = _streams(ctx, t, a.memory_streams, headers, sample=sample_peak, ramp_ms=a.slow_ramp_ms)
                 time.sleep(2)
                 m.update(
                     streams=a.memory_streams,
