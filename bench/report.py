@@ -44,6 +44,18 @@ def closed_table(res: dict[str, Runs], unit: str) -> list[str]:
             f"| {_f(_med(runs, 'upstream_cpu_us'))} | {sum(r['errors'] for r in runs)} "
             f"| {_f(_med(runs, 'other_cpu_s'), '.1f')} | {_f(_med(runs, 'loadavg'), '.1f')} |"
         )
+    low = [
+        n
+        for n, runs in res.items()
+        if isinstance(runs, list) and runs and n != "direct" and _med(runs, "proxy_util") < 0.85
+    ]
+    if low:
+        lines += [
+            "",
+            f"Proxy below 85 % of its core under saturating load ({', '.join(low)}): CPU 0 was shared with "
+            "other work, or CPU 1 (load + upstream) was the limit. CPU per request is still the proxy's own; "
+            "req/s and latency are not.",
+        ]
     return lines
 
 
