@@ -1,0 +1,102 @@
+"""Every configuration the suite measures, in one place: plain dicts of environment variables.
+
+`BARE` is fastproxy with nothing on. Each entry of `FEATURES` is one feature's variables; the suite
+measures bare + each feature alone ("the cost of each feature on its own"), and `full` = bare + every
+feature. To measure a feature that lands later (metrics, the usage writer), add one entry here, e.g.
+    FEATURES["metrics"] = Feature({"FASTPROXY_METRICS": "true"})
+and it appears both on its own and inside `full`.
+
+Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# High enough never to refuse (a run does well under 10^8 requests a minute), so every request pays
+# the whole admit + settle path without a single 429.
+HUGE_LIMITS = '{"rpm": 100000000, "tpm": 100000000000}'
+KEY_LIMITS = {"rpm": 100_000_000, "tpm": 100_000_000_000}
+
+KeyKind = Literal["none", "plain", "limited"]
+
+# Settings every proxy run shares (port and upstream are filled in by the harness).
+COMMON: dict[str, str] = {
+    "FASTPROXY_WORKERS": "1",
+    "FASTPROXY_HOST": "127.0.0.1",
+    "FASTPROXY_LOG_LEVEL": "warning",
+    "FASTPROXY_LOG_FORMAT": "json",
+}
+
+BARE: dict[str, str] = {
+    "FASTPROXY_AUTH": "none",
+    "FASTPROXY_DATABASE_URL": "",
+    "FASTPROXY_REDIS_URL": "",
+    "FASTPROXY_ACCESS_LOG": "false",
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    env: dict[str, str]
+    # Which key the load sends: a key without limits, or one carrying its own limits (full only
+    # uses "limited" when the feature set includes Redis limits, so key buckets are exercised too).
+    key: KeyKind = "none"
+    in_full: bool = True
+
+
+FEATURES: dict[str, Feature] = {
+    "auth": Feature({"FASTPROXY_AUTH": "keys", "FASTPROXY_DATABASE_URL": "{database_url}"}, key="plain"),
+    # The in-process limiter (per worker): measured alone, not part of full (full shares limits in Redis).
+    "local-limits": Feature({"FASTPROXY_GLOBAL_LIMITS": HUGE_LIMITS}, in_full=False),
+    "redis-limits": Feature(
+        {
+            "FASTPROXY_GLOBAL_LIMITS": HUGE_LIMITS,
+            "FASTPROXY_REDIS_URL": "{redis_url}",
+            "FASTPROXY_REDIS_PREFIX": "{redis_prefix}",
+        }
+    ),
+    # The access log is written at INFO: at COMMON's "warning" it would be switched on and never written.
+    "access-log": Feature({"FASTPROXY_ACCESS_LOG": "true", "FASTPROXY_LOG_LEVEL": "info"}),
+}
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    key: KeyKind = "none"
+
+    def resolved(self, **backing: str) -> dict[str, str]:
+        """COMMON + env with {name} placeholders replaced (not str.format: JSON values hold braces)."""
+        out = {}
+        for k, v in {**COMMON, **self.env}.items():
+            for name, value in backing.items():
+                v = v.replace("{" + name + "}", value)
+            out[k] = v
+        return out
+
+
+def _full() -> ProxyConfig:
+    env = dict(BARE)
+    for f in FEATURES.values():
+        if f.in_full:
+            env.update(f.env)
+    # Auth on with limits on: the key carries its own rpm/tpm, so key buckets are taken as well.
+    auth = FEATURES["auth"].in_full
+    return ProxyConfig("full", env, "limited" if auth else "none")
+
+
+def proxy_configs() -> dict[str, ProxyConfig]:
+    """bare, bare+<feature> for every feature, full: the fastproxy configurations, by name."""
+    out = {"bare": ProxyConfig("bare", dict(BARE))}
+    for name, f in FEATURES.items():
+        out[f"+{name}"] = ProxyConfig(f"+{name}", {**BARE, **f.env}, f.key)
+    out["full"] = _full()
+    return out
+
+
+# Targets that are not fastproxy: "direct" (load straight at the upstream) and "reference" (the
+# minimal aiohttp pass-through, bench/reference.py, under the same Granian flags as fastproxy).
+BASELINES = ("direct", "reference")

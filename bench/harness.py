@@ -1,0 +1,442 @@
+"""Process, /proc and load-tool plumbing shared by the scenarios.
+
+CPU accounting follows bench/clients/run.py: utime+stime of a whole process tree read from
+/proc/<pid>/stat (threads included), and "other CPU" = busy time of both cores (user+nice+system
+from /proc/stat) minus what the measured processes used, so a noisy box shows up in the figures.
+Every process is started in its own session (process group) and stopped by group, so a Granian
+master and its workers, or nginx and its worker, never outlive the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PY = sys.executable
+CLK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+PROXY_CPU = 0
+LOAD_CPU = 1
+
+
+def pinned(cpu: int, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def raise_nofile() -> int:
+    """2,000 slow streams need ~4,000 sockets in the proxy and 2,000 in the client; children inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+# ----------------------------------------------------------------------------- /proc
+def proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime+stime ticks) for every process."""
+    out: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                s = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: split after the last ')'.
+        rest = s[s.rindex(b")") + 2 :].split()
+        out[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    return out
+
+
+def descendants(root: int, table: Mapping[int, tuple[int, int]]) -> list[int]:
+    """root and every process below it."""
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        if p in table:
+            out.append(p)
+        stack.extend(kids.get(p, ()))
+    return out
+
+
+def tree_seconds(root: int | None, table: Mapping[int, tuple[int, int]]) -> float:
+    if root is None:
+        return 0.0
+    return sum(table[p][1] for p in descendants(root, table)) / CLK
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(user+nice+system, irq+softirq) seconds over all CPUs. Loopback TCP work done in softirq is
+    charged to no process, so it is reported on its own."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2]) / CLK, (v[5] + v[6]) / CLK
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_KB / 1024
+    except OSError:
+        return 0.0
+
+
+def worker_pid(root: int) -> int:
+    """Granian's worker: the biggest process below the master (the master itself only supervises)."""
+    pids = [p for p in descendants(root, proc_table()) if p != root]
+    return max(pids, key=rss_mb) if pids else root
+
+
+@dataclass
+class CpuWindow:
+    """CPU used by the measured processes and by everything else between start() and stop()."""
+
+    roots: dict[str, int | None]
+    before: dict[str, float] = field(default_factory=dict)
+    busy0: tuple[float, float] = (0.0, 0.0)
+    children0: float = 0.0
+    wall0: float = 0.0
+
+    def start(self) -> None:
+        table = proc_table()
+        self.before = {k: tree_seconds(r, table) for k, r in self.roots.items()}
+        self.busy0 = cpu_busy()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children0 = ru.ru_utime + ru.ru_stime
+        self.wall0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Seconds per root, "loadgen" (children reaped in the window: wrk or a Python client),
+        "other" (busy time of the box not attributable to any of them), "softirq" and "wall"."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1 = cpu_busy()
+        table = proc_table()
+        out = {k: tree_seconds(r, table) - self.before[k] for k, r in self.roots.items()}
+        out["loadgen"] = ru.ru_utime + ru.ru_stime - self.children0
+        out["wall"] = time.monotonic() - self.wall0
+        out["softirq"] = busy1[1] - self.busy0[1]
+        # Busy time of the box, softirq included (a process's stime may or may not hold the softirq work
+        # done on its behalf, depending on the kernel's IRQ time accounting), minus what the measured
+        # processes used. The harness itself is pinned to CPU 1 and mostly sleeps; its time lands here.
+        busy = busy1[0] + busy1[1] - self.busy0[0] - self.busy0[1]
+        out["other"] = busy - sum(out[k] for k in (*self.roots, "loadgen"))
+        return out
+
+
+# ----------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before opening port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches the workers too
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    # Workers may linger a moment after the master; never let one run into the next measurement.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def wait_quiet(max_wait: float, limit: float = 0.15) -> float:
+    """The box is shared: wait up to max_wait s until the rest of the box uses < `limit` cores for
+    two consecutive 0.5 s windows (nothing of ours runs meanwhile). Returns the seconds waited."""
+    t0 = time.monotonic()
+    ok = 0
+    while time.monotonic() - t0 < max_wait:
+        b0, _ = cpu_busy()
+        time.sleep(0.5)
+        b1, _ = cpu_busy()
+        ok = ok + 1 if (b1 - b0) / 0.5 < limit else 0
+        if ok >= 2:
+            break
+    return time.monotonic() - t0
+
+
+# ----------------------------------------------------------------------------- request bodies
+CHAT_BODY = (
+    '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},'
+    '{"role":"user","content":"What is the capital of France? Answer in two short sentences and mention one '
+    'landmark."}],"temperature":0.7,"max_tokens":128,"stream":false,"user":"bench-user-42"}'
+)
+# include_usage is asked by the client so the proxy has nothing to inject: every configuration,
+# direct included, moves the same bytes.
+STREAM_BODY = CHAT_BODY.replace('"stream":false', '"stream":true,"stream_options":{"include_usage":true}')
+CANNED_CHAT = (
+    '{"id":"chatcmpl-9xQbench0000000000000000000001","object":"chat.completion","created":1732540800,'
+    '"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Sure! '
+    "Here is a short answer to your question: the capital of France is Paris. It is known for the Eiffel "
+    'Tower, the Louvre and its cafes.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":'
+    '{"prompt_tokens":42,"completion_tokens":31,"total_tokens":73,"prompt_tokens_details":{"cached_tokens":0,'
+    '"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+    '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"system_fingerprint":"fp_0ba0d124f1"}'
+)
+
+
+def post(url: str, body: str, key: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> bytes:
+    """One request from the harness: the sanity check before a configuration is loaded."""
+    req = urllib.request.Request(url, data=body.encode(), method="POST")  # noqa: S310 (our own http:// URL)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", f"Bearer {key}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        data: bytes = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}: {data[:200]!r}")
+        return data
+
+
+# ----------------------------------------------------------------------------- wrk
+_DONE_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"err_connect":%d,"err_read":%d,"err_write":%d,'
+    .. '"err_status":%d,"err_timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def write_lua(path: Path, key: str, bodies: Sequence[str]) -> Path:
+    """A wrk script POSTing the bodies in turn with a Bearer key; done() prints one BENCH_JSON line."""
+    quoted = ", ".join(f"[==[{b}]==]" for b in bodies)
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        f"local bodies = {{{quoted}}}\n"
+        "wrk.body = bodies[1]\n"
+        "local n = 0\n"
+        # Only with several bodies: a request() function costs wrk a little per request.
+        + (
+            "request = function()\n  n = n + 1\n  return wrk.format(nil, nil, nil, bodies[n % #bodies + 1])\nend\n"
+            if len(bodies) > 1
+            else ""
+        )
+        + _DONE_LUA
+    )
+    return path
+
+
+def wrk(
+    url: str, lua: Path, seconds: float, conns: int, sample: Callable[[], None] | None = None, every: float = 0.5
+) -> dict[str, Any]:
+    """wrk -t1 on the load CPU; its done() line as a dict, plus rps and the error total."""
+    secs = max(1, round(seconds))
+    argv = pinned(LOAD_CPU, [WRK, "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "-s", str(lua), url])
+    stdout = run_sampling(argv, secs + 60, sample, every)
+    m = re.search(r"BENCH_JSON (\{.*\})", stdout)
+    if not m:
+        raise RuntimeError(f"wrk output unparsable:\n{stdout}")
+    d: dict[str, Any] = json.loads(m.group(1))
+    d["rps"] = d["requests"] / (d["duration_us"] / 1e6)
+    d["errors"] = sum(v for k, v in d.items() if k.startswith("err_"))
+    return d
+
+
+def run_sampling(
+    argv: Sequence[str], timeout: float, sample: Callable[[], None] | None = None, every: float = 0.5
+) -> str:
+    """Run a load tool to completion, calling sample() every `every` s meanwhile (RSS probes); stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, cwd=REPO, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv[:4]} still running after {timeout}s")
+                if sample is not None:
+                    sample()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(every)
+        finally:
+            stop(proc)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[:4]} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
+        return out.read().decode()
+
+
+def run_json(
+    argv: Sequence[str], timeout: float, sample: Callable[[], None] | None = None, every: float = 0.5
+) -> dict[str, Any]:
+    """Run one of our Python load clients, pinned to the load CPU; it prints one JSON object."""
+    stdout = run_sampling(pinned(LOAD_CPU, [PY, *argv]), timeout, sample, every)
+    out: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+# ----------------------------------------------------------------------------- services
+NGINX_CONF = """# canned OpenAI upstream for fastproxy's benchmark (generated by bench/harness.py)
+worker_processes 1;
+worker_cpu_affinity {affinity};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; use epoll; multi_accept on; }}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    client_body_buffer_size 64k;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v1/chat/completions {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx answering POST /v1/chat/completions with CANNED_CHAT, its one worker on the load CPU."""
+    d = workdir / "nginx"
+    d.mkdir(exist_ok=True)
+    port = free_port()
+    assert "'" not in CANNED_CHAT and "$" not in CANNED_CHAT  # would break nginx's quoted string
+    affinity = "1".ljust(LOAD_CPU + 1, "0")[::-1]  # bitmask, rightmost = CPU 0
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(affinity=affinity, dir=d, port=port, body=CANNED_CHAT))
+    proc = spawn(pinned(LOAD_CPU, [NGINX, "-c", str(conf), "-p", f"{d}/"]), os.environ, d / "stdout.log")
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_mock(workdir: Path, chunks: int, delay_ms: float, workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    argv = [PY, "-m", "fastproxy", "mock-upstream", "--port", str(port), "--workers", str(workers)]
+    argv += ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    proc = spawn(pinned(LOAD_CPU, argv), os.environ, workdir / f"mock-{port}.log")
+    wait_port(port, proc)
+    return proc, port
+
+
+@dataclass
+class Backing:
+    """PostgreSQL database and Redis prefix of one run, and the keys created in it."""
+
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"]
+
+
+@contextlib.contextmanager
+def backing(redis_url: str, key_limits: Mapping[str, int]) -> Iterator[Backing]:
+    """A fresh PostgreSQL database with two keys (one plain, one with limits) and a fresh Redis
+    prefix; both are removed afterwards."""
+    name = f"fpbench_{secrets.token_hex(4)}"
+    subprocess.run([*PG_ADMIN, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    b = Backing(f"postgresql://postgres@127.0.0.1:5432/{name}", redis_url, f"fpbench:{name}:")
+    try:
+        env = {**os.environ, "FASTPROXY_DATABASE_URL": b.database_url, "FASTPROXY_REDIS_URL": ""}
+        flags = {"plain": [], "limited": [f"--{k}={v}" for k, v in key_limits.items()]}
+        for kind, extra in flags.items():
+            r = subprocess.run(
+                [PY, "-m", "fastproxy", "keys", "create", "--name", f"bench-{kind}", *extra],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            m = re.search(r"^key:\s*(\S+)", r.stdout, re.M)
+            if not m:
+                raise RuntimeError(f"no key in `fastproxy keys create` output: {r.stdout!r} {r.stderr!r}")
+            b.keys[kind] = m.group(1)
+        yield b
+    finally:
+        subprocess.run([*PG_ADMIN, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
+        scan = subprocess.run(
+            ["redis-cli", "-u", redis_url, "--scan", "--pattern", b.redis_prefix + "*"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        found = scan.stdout.split()
+        for i in range(0, len(found), 500):
+            subprocess.run(["redis-cli", "-u", redis_url, "del", *found[i : i + 500]], capture_output=True, check=False)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="fpbench-suite-")
