@@ -2,9 +2,7 @@
 
 `BARE` is fastproxy with nothing on. Each entry of `FEATURES` is one feature's variables; the suite
 measures bare + each feature alone ("the cost of each feature on its own"), and `full` = bare + every
-feature. To measure a feature that lands later (metrics, the usage writer), add one entry here, e.g.
-    FEATURES["metrics"] = Feature({"FASTPROXY_METRICS": "true"})
-and it appears both on its own and inside `full`.
+feature. A new feature is one more entry here: it appears both on its own and inside `full`.
 
 Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}.
 """
@@ -34,6 +32,9 @@ BARE: dict[str, str] = {
     "FASTPROXY_DATABASE_URL": "",
     "FASTPROXY_REDIS_URL": "",
     "FASTPROXY_ACCESS_LOG": "false",
+    "FASTPROXY_METRICS": "false",
+    # A database (the auth feature brings one) turns usage accounting on unless told otherwise.
+    "FASTPROXY_USAGE_ENABLED": "false",
 }
 
 
@@ -59,6 +60,16 @@ FEATURES: dict[str, Feature] = {
     ),
     # The access log is written at INFO: at COMMON's "warning" it would be switched on and never written.
     "access-log": Feature({"FASTPROXY_ACCESS_LOG": "true", "FASTPROXY_LOG_LEVEL": "info"}),
+    # Prometheus metrics in multiprocess mode (as `fastproxy serve` sets them up).
+    "metrics": Feature({"FASTPROXY_METRICS": "true"}),
+    # One usage row per request, batched into PostgreSQL with COPY (off the request path).
+    "usage": Feature(
+        {
+            "FASTPROXY_USAGE_ENABLED": "true",
+            "FASTPROXY_DATABASE_URL": "{database_url}",
+            "FASTPROXY_USAGE_JOURNAL_DIR": "bench/out/journal",
+        }
+    ),
 }
 
 
