@@ -105,6 +105,8 @@ def proxy_configs() -> dict[str, ProxyConfig]:
     for name, f in FEATURES.items():
         out[f"+{name}"] = ProxyConfig(f"+{name}", {**BARE, **f.env}, f.key)
     out["full"] = _full()
+    # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
+    out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out
 
 

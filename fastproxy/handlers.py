@@ -371,7 +371,7 @@ async def _exchange(
     out: _Outcome,
 ) -> None:
     out.sent = sent = perf_counter()
-    resp = await state.upstream.send(method, url, headers, body)
+    resp = await state.upstream.send(method, url, headers, body, stream=out.stream)
     out.upstream_status = out.status = resp.status
     response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in _DROP_RESPONSE]
     response_headers.append((b"x-request-id", request_id))

@@ -46,8 +46,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     request_timeout: Seconds = 1800.0
     # Completion tokens assumed for a request that sets no max_tokens, when reserving against limits.
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 1024
-    # reqwest (pyreqwest, Rust: about half the CPU per request) or aiohttp (pure asyncio); bench/clients.
-    upstream_client: Literal["reqwest", "aiohttp"] = "reqwest"
+    # auto: pyreqwest for non-streamed requests, aiohttp for streams (each is cheaper there; bench/RESULTS.md).
+    upstream_client: Literal["auto", "reqwest", "aiohttp"] = "auto"
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

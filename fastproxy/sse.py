@@ -20,12 +20,20 @@ _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null
 
 def _last_boundary_end(data: bytes) -> int:
     """Index just past the last event boundary in data, or -1."""
+    if data.endswith(b"\n\n"):
+        return len(data)  # the usual case: providers send one whole event per chunk
     end = -1
     for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
         i = data.rfind(sep)
         if i != -1 and i + len(sep) > end:
             end = i + len(sep)
     return end
+
+
+def _count_events(data: bytes) -> int:
+    if b"\r" not in data:
+        return data.count(b"\n\n")
+    return len(_BOUNDARY.findall(data))
 
 
 def _event_payload(event: bytes) -> bytes:
@@ -70,7 +78,7 @@ class SSEWatcher:
         return out.removesuffix(b"\n\n")
 
     def _process(self, complete: bytes) -> bytes:
-        self.events += len(_BOUNDARY.findall(complete))
+        self.events += _count_events(complete)
         if b'"usage"' not in complete:
             return complete
         if self.strip:

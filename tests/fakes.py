@@ -52,7 +52,9 @@ class FakeUpstream:
         self.responses.append(response)
         return response
 
-    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+    async def send(
+        self, method: str, url: str, headers: HeaderList, body: bytes, *, stream: bool = False
+    ) -> UpstreamResponse:
         self.sent.append((method, url, headers, body))
         if self.unreachable:
             raise UpstreamUnreachable("The upstream provider could not be reached.")

@@ -79,7 +79,9 @@ class AiohttpUpstream:
             raise_for_status=False,
         )
 
-    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+    async def send(
+        self, method: str, url: str, headers: HeaderList, body: bytes, *, stream: bool = False
+    ) -> UpstreamResponse:
         try:
             resp = await self._session.request(method, url, headers=headers, data=body or None)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -84,7 +84,9 @@ class ReqwestUpstream:
             .build()
         )
 
-    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+    async def send(
+        self, method: str, url: str, headers: HeaderList, body: bytes, *, stream: bool = False
+    ) -> UpstreamResponse:
         builder = self._client.request(method, url).headers(headers).streamed_read_buffer_limit(0)
         if body:
             builder = builder.body_bytes(body)

@@ -35,7 +35,9 @@ class _Response:
 
 
 class _Upstream:
-    async def send(self, method: str, url: str, headers: HeaderList, body: bytes) -> UpstreamResponse:
+    async def send(
+        self, method: str, url: str, headers: HeaderList, body: bytes, *, stream: bool = False
+    ) -> UpstreamResponse:
         return _Response()
 
     async def close(self) -> None:
