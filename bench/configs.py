@@ -62,6 +62,10 @@ FEATURES: dict[str, Feature] = {
     "access-log": Feature({"FASTPROXY_ACCESS_LOG": "true", "FASTPROXY_LOG_LEVEL": "info"}),
     # Prometheus metrics in multiprocess mode (as `fastproxy serve` sets them up).
     "metrics": Feature({"FASTPROXY_METRICS": "true"}),
+    # Both together, as issue 6's budget is stated (metrics and logging add < 5 %); full has them anyway.
+    "metrics+log": Feature(
+        {"FASTPROXY_METRICS": "true", "FASTPROXY_ACCESS_LOG": "true", "FASTPROXY_LOG_LEVEL": "info"}
+    ),
     # One usage row per request, batched into PostgreSQL with COPY (off the request path).
     "usage": Feature(
         {
