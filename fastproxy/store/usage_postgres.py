@@ -22,6 +22,7 @@ from fastproxy.usage.query import (
     record_from_row,
     summary,
     totals,
+    where_clause,
 )
 from fastproxy.usage.row import COLUMNS, UsageRow
 
@@ -49,21 +50,8 @@ _BY_DAY = f"SELECT {_DAY} AS day, {TOTAL_COLS} FROM usage{{where}} GROUP BY day 
 
 
 def _where(q: UsageQuery, with_cursor: bool) -> tuple[str, list[Any]]:
-    """A WHERE clause of only the filters given (so the planner sees plain predicates), and its values."""
-    parts: list[str] = []
-    args: list[Any] = []
-    for column, value, op in (
-        ("key_id", q.key_id, "="),
-        ("user_id", q.user_id, "="),
-        ("model", q.model, "="),
-        ("ts", q.start, ">= to_timestamp"),
-        ("ts", q.end, "< to_timestamp"),
-        ("id", q.after if with_cursor else None, ">"),
-    ):
-        if value is not None:
-            args.append(value)
-            parts.append(f"{column} {op}(${len(args)})")
-    return (" WHERE " + " AND ".join(parts)) if parts else "", args
+    # Timestamps are stored as timestamptz; the API speaks Unix seconds.
+    return where_clause(q, with_cursor, lambda column, n: f"to_timestamp(${n})" if column == "ts" else f"${n}")
 
 
 class PostgresUsage:

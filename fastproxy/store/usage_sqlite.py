@@ -22,6 +22,7 @@ from fastproxy.usage.query import (
     record_from_row,
     summary,
     totals,
+    where_clause,
 )
 from fastproxy.usage.row import COLUMNS, UsageRow
 
@@ -35,20 +36,7 @@ _BY_DAY = f"SELECT {_DAY} AS day, {TOTAL_COLS} FROM usage{{where}} GROUP BY day 
 
 
 def _where(q: UsageQuery, with_cursor: bool) -> tuple[str, list[Any]]:
-    parts: list[str] = []
-    args: list[Any] = []
-    for column, value, op in (
-        ("key_id", q.key_id, "="),
-        ("user_id", q.user_id, "="),
-        ("model", q.model, "="),
-        ("ts", q.start, ">="),
-        ("ts", q.end, "<"),
-        ("id", q.after if with_cursor else None, ">"),
-    ):
-        if value is not None:
-            args.append(value)
-            parts.append(f"{column} {op} ?")
-    return (" WHERE " + " AND ".join(parts)) if parts else "", args
+    return where_clause(q, with_cursor, lambda column, n: "?")
 
 
 class SqliteUsage:

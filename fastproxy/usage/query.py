@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -127,3 +127,24 @@ def summary(by_model: list[ModelTotals], by_day: list[DayTotals]) -> UsageSummar
         total.total_tokens += m.total_tokens
         total.cost_usd += m.cost_usd
     return UsageSummary(total=total, by_model=by_model, by_day=by_day)
+
+
+def where_clause(q: UsageQuery, with_cursor: bool, value_sql: Callable[[str, int], str]) -> tuple[str, list[Any]]:
+    """A WHERE clause of only the filters given (so the planner sees plain predicates), and its values.
+
+    `value_sql(column, n)` is the dialect's SQL for the n-th value (1-based) compared with `column`.
+    """
+    parts: list[str] = []
+    args: list[Any] = []
+    for column, value, op in (
+        ("key_id", q.key_id, "="),
+        ("user_id", q.user_id, "="),
+        ("model", q.model, "="),
+        ("ts", q.start, ">="),
+        ("ts", q.end, "<"),
+        ("id", q.after if with_cursor else None, ">"),
+    ):
+        if value is not None:
+            args.append(value)
+            parts.append(f"{column} {op} {value_sql(column, len(args))}")
+    return (" WHERE " + " AND ".join(parts)) if parts else "", args
