@@ -143,7 +143,7 @@ class KeyAuthenticator:
             while len(self._unknown) > self._negative_size:
                 self._unknown.popitem(last=False)
             return None
-        entry = _Entry(grant, _principal(grant), now + self._ttl)
+        entry = _Entry(grant, principal_of(grant.key, grant.user), now + self._ttl)
         self._known[digest] = entry
         self._known.move_to_end(digest)
         while len(self._known) > self._size:
@@ -181,10 +181,6 @@ class _Entry:
         self.grant = grant
         self.principal = principal
         self.fresh_until = fresh_until
-
-
-def _principal(grant: KeyGrant) -> Principal:
-    return principal_of(grant.key, grant.user)
 
 
 def principal_of(key: ApiKey, user: User | None) -> Principal:

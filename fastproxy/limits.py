@@ -1,6 +1,7 @@
 """Rate-limit seam: admit a request before it goes upstream, settle it with the real usage after.
 
-`NoLimits` is used when no limit is configured anywhere; fastproxy.ratelimit builds the real limiters.
+`NoLimits` is the trivial limiter (a base to wrap, and for tests); fastproxy.ratelimit builds the real ones,
+which cost nothing measurable for a request that has no limit configured.
 """
 
 from __future__ import annotations

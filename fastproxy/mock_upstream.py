@@ -339,9 +339,5 @@ def _responses_events(req: _Req, chunks: int) -> list[bytes]:
     return events
 
 
-def create_app(chunks: int = 10, delay_ms: float = 0.0) -> MockUpstream:
-    return MockUpstream(chunks, delay_ms)
-
-
 def app_from_env() -> MockUpstream:
     return MockUpstream(int(os.environ.get("MOCK_CHUNKS", "10")), float(os.environ.get("MOCK_DELAY_MS", "0")))

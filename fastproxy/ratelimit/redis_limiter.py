@@ -113,7 +113,7 @@ class RedisLimiter:
     """The Limiter Protocol over a RedisStore, with the failure policy and the in-process fallback.
 
     `fallbacks` counts requests served without Redis (fail_open) or refused for its absence
-    (fail_closed); `settle_failures` counts reconciliations lost to an outage.
+    (fail_closed); the metrics get each one through `on_fallback`.
     """
 
     def __init__(
@@ -140,11 +140,6 @@ class RedisLimiter:
         self._retry_at = 0.0
         self._degraded = False
         self.fallbacks = 0
-        self._settle_failures = 0
-
-    @property
-    def settle_failures(self) -> int:
-        return self._settle_failures + (self.settler.lost if self.settler is not None else 0)
 
     async def admit(self, principal: Principal, estimate: int, client_ip: str | None) -> Admission:
         plan = self.planner.plan(principal, client_ip)
@@ -192,7 +187,6 @@ class RedisLimiter:
                 await self.store.force(tokens, [delta] * len(tokens))
             except StoreUnavailable as exc:
                 # The reservation stands in place of the real usage: an error bounded by the estimate.
-                self._settle_failures += 1
                 log.debug("rate-limit settle lost: %s", exc)
 
     async def levels(self, principal: Principal, client_ip: str | None = None) -> list[BucketLevel]:

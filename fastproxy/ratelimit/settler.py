@@ -40,7 +40,6 @@ class Settler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.lost = 0
 
     def add(self, buckets: Sequence[Bucket], delta: int) -> None:
         """Queue `delta` tokens for each bucket (negative: a refund). Never blocks, never raises."""
@@ -80,7 +79,6 @@ class Settler:
             try:
                 await self._store.force([p.bucket for p in chunk], [p.delta for p in chunk])
             except StoreUnavailable as exc:
-                self.lost += len(chunk)
                 log.debug("rate-limit reconciliation lost for %d buckets: %s", len(chunk), exc)
 
     async def close(self) -> None:
