@@ -1,5 +1,6 @@
-"""Token buckets in Redis, shared by every proxy instance: one EVALSHA per admit; the settles'
-reconciliations go together, one EVALSHA per `settle_interval` (or one per settle when it is 0).
+"""Token buckets in Redis, shared by every proxy instance. Every operation goes through one script
+(ratelimit.lua); the operations of concurrent requests share one EVALSHA (RedisStore batches them), and
+the settles' reconciliations are coalesced further, per `settle_interval` (one per settle when it is 0).
 
 The script (ratelimit.lua) is loaded once per client through redis-py's `register_script`, which
 runs EVALSHA and loads the script again when Redis answers NOSCRIPT (after a restart or a SCRIPT
@@ -44,6 +45,8 @@ _FAILURES: Final = (RedisError, OSError, asyncio.TimeoutError)
 # for at most _POOL_WAIT seconds instead of failing over or opening sockets without bound.
 POOL_SIZE: Final = 128
 _POOL_WAIT: Final = 1.0
+# Operations per script call: bounds the time one call holds Redis (which runs scripts one at a time).
+_BATCH: Final = 128
 
 
 def load_script() -> str:
@@ -68,28 +71,78 @@ def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Redis:
     return Redis.from_pool(pool)
 
 
+class _Op:
+    __slots__ = ("args", "future", "keys")
+
+    def __init__(self, keys: list[str], args: list[str | int], future: asyncio.Future[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.future = future
+
+
 class RedisStore:
-    """The BucketStore protocol over one Redis script."""
+    """The BucketStore protocol over one Redis script, every operation batched with its neighbours.
+
+    An operation is queued and a flusher sends everything queued in one EVALSHA, then whatever queued
+    while that call was on the wire, and so on until the queue is empty: at most one call in flight per
+    worker. Alone, an operation still costs one round trip; under load, one round trip (and one pass
+    through redis-py, which costs far more CPU than the script) serves every request that arrived
+    meanwhile. Each operation stays atomic on its own inside the script (see ratelimit.lua).
+    """
 
     def __init__(self, client: Redis, script: str) -> None:
         self.client = client
         self._script = client.register_script(script)
+        self._queue: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    async def _run(self, buckets: Sequence[Bucket], mode: str, costs: Sequence[int]) -> Any:
-        args: list[str | int] = [mode]
+    def _submit(self, buckets: Sequence[Bucket], mode: str, costs: Sequence[int]) -> asyncio.Future[Any]:
+        """Queue one operation; the future gets its reply, or StoreUnavailable."""
+        args: list[str | int] = [mode, len(buckets)]
         for bucket, cost in zip(buckets, costs, strict=True):
             args += (bucket.capacity, bucket.period, cost)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(_Op([b.key for b in buckets], args, future))
+        if self._flusher is None:
+            # Its first step runs after every callback already ready: the batch gathers this tick's operations.
+            self._flusher = loop.create_task(self._flush(), name="fastproxy-ratelimit-batch")
+        return future
+
+    async def _flush(self) -> None:
         try:
-            return await self._script(keys=[b.key for b in buckets], args=args)
+            while self._queue:
+                ops, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+                await self._send([op for op in ops if not op.future.done()])
+        finally:
+            self._flusher = None
+
+    async def _send(self, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        keys: list[str] = []
+        args: list[str | int] = [len(ops)]
+        for op in ops:
+            keys += op.keys
+            args += op.args
+        try:
+            replies = await self._script(keys=keys, args=args)
         except _FAILURES as exc:
             # The idle connections most likely went down with this one (a restart, a failover): drop
             # them now, or each would fail once more after Redis is back.
             with contextlib.suppress(*_FAILURES):
                 await self.client.connection_pool.disconnect(inuse_connections=False)
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            _fail(ops, exc)
+            return
+        except BaseException as exc:
+            _fail(ops, exc)  # cancelled (shutdown) or a bug: the waiters must hear of it, never hang
+            raise
+        for op, reply in zip(ops, replies, strict=True):
+            if not op.future.done():  # a request cancelled while its batch was out: nobody waits
+                op.future.set_result(reply)
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
-        reply = await self._run(buckets, "take", costs)
+        reply = await self._submit(buckets, "take", costs)
         if reply[0] != 1:
             return Taken(
                 ok=False,
@@ -102,11 +155,25 @@ class RedisStore:
         return Taken(ok=True, remaining=tuple(reply[1::2]), reset_ms=tuple(reply[2::2]))
 
     async def force(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> None:
-        await self._run(buckets, "force", costs)
+        await self._submit(buckets, "force", costs)
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[tuple[float, int]]:
-        reply = await self._run(buckets, "peek", [0] * len(buckets))
+        reply = await self._submit(buckets, "peek", [0] * len(buckets))
         return [(float(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def close(self) -> None:
+        """Let the operations already queued reach Redis, then close the connections."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flusher)
+        await self.client.aclose()
+
+
+def _fail(ops: list[_Op], exc: BaseException) -> None:
+    for op in ops:
+        if not op.future.done():
+            # One exception each: a shared instance would gather every waiter's traceback.
+            op.future.set_exception(StoreUnavailable(f"{type(exc).__name__}: {exc}"))
 
 
 class RedisLimiter:
@@ -205,4 +272,4 @@ class RedisLimiter:
         """Apply pending reconciliations, then close the connections."""
         if self.settler is not None:
             await self.settler.close()
-        await self.store.client.aclose()
+        await self.store.close()

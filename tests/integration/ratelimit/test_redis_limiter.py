@@ -111,6 +111,22 @@ async def test_settles_are_coalesced_and_drained_on_close(own_redis: OwnRedis) -
         await reader.close()
 
 
+async def test_concurrent_admits_share_a_script_call_and_stay_exact(own_redis: OwnRedis) -> None:
+    lim = RedisLimiter(Planner("t:", Limits(max_tokens_total=1_000_000), None), connect(own_redis.url, 2.0))
+    try:
+        await lim.admit(ANONYMOUS, 0, None)  # loads the script
+        await lim.store.client.config_resetstat()
+        assert await count_admitted([lim], key(rpm=150), 200, estimate=10) == 150
+        stats = await lim.store.client.info("commandstats")
+        # 200 admits in a handful of round trips (one per batch in flight), each still all or nothing:
+        # the 50 refused by the key's rpm took nothing from the global quota.
+        assert stats["cmdstat_evalsha"]["calls"] <= 4
+        (quota,) = [b for b in await lim.levels(key(rpm=150)) if b.kind == "tokens"]
+        assert quota.remaining == 1_000_000 - 150 * 10
+    finally:
+        await lim.close()
+
+
 async def test_levels_do_not_consume(limiters: Limiters) -> None:
     lim = limiters()
     p = key(rpm=5, max_tokens_total=10)
