@@ -106,14 +106,14 @@ def _open_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Metri
         log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics covers this worker only (use `fastproxy serve`)")
     metrics = Metrics(max_models=settings.metrics_max_models)
     stack.callback(metrics.close)  # the last flush, after every other component has reported
-    _own_task(stack, metrics.flush_periodically())
+    _own_task(stack, metrics.flush_periodically(settings.metrics_flush_interval))
     return metrics
 
 
 def _open_access_log(settings: Settings, stack: contextlib.AsyncExitStack) -> AccessLog | None:
     if not settings.access_log or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
         return None
-    access = AccessLog(settings.log_format)
+    access = AccessLog(settings.log_format, interval=settings.access_log_interval)
     access.start()
     stack.callback(access.close)  # writes every line handed over
     _own_task(stack, access.run())

@@ -52,6 +52,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+    # Access lines are formatted and handed to the writer thread in batches, this often.
+    access_log_interval: Seconds = 0.05
     # keys: every /v1 request needs a fastproxy API key; none: anonymous (benchmarks' bare mode).
     auth: Literal["keys", "none"] = "keys"
     # How long a key stays cached in each worker; bounds staleness when Redis pub/sub is not configured.
@@ -84,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ratelimit_settle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.05
     # Prometheus metrics on /metrics; off removes every metric update from the request path.
     metrics: bool = True
+    # How often each worker moves its counts into the shared metrics files (how fresh /metrics is).
+    metrics_flush_interval: Seconds = 1.0
     # Serve /metrics on this port instead (from the `fastproxy serve` master process); 0: on the API port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # Multiprocess metrics files; empty: a fresh temporary directory per start. Wiped at every start.
