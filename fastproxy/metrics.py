@@ -21,8 +21,8 @@ Label rules (series must stay bounded whatever clients send):
 Key ids and user ids are never labels.
 
 Cost: the request path only adds to plain per-worker dicts and lists (observe() costs about as much
-as a few dict updates); `flush()` moves the sums into prometheus-client, every FLUSH_INTERVAL seconds
-(a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
+as a few dict updates); `flush()` moves the sums into prometheus-client, every `metrics_flush_interval`
+seconds (1 by default; a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
 worker's latest second may therefore be missing from a scrape; nothing is counted twice, and only a
 worker killed outright (SIGKILL, OOM) loses its last unflushed second.
 """
@@ -30,11 +30,15 @@ worker killed outright (SIGKILL, OOM) loses its last unflushed second.
 from __future__ import annotations
 
 import asyncio
+import collections
 import glob
 import logging
+import math
 import os
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import groupby
+from operator import attrgetter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
@@ -50,7 +54,11 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 log = logging.getLogger("fastproxy.metrics")
-FLUSH_INTERVAL = 1.0
+_REQUEST_KEY = attrgetter("endpoint", "model", "status", "upstream_status")
+_ENDPOINT = attrgetter("endpoint")
+_LABEL_KEY = attrgetter("model", "status", "upstream_status")
+_PROMPT = attrgetter("usage.prompt")
+_COMPLETION = attrgetter("usage.completion")
 OTHER_MODEL = "other"
 NO_MODEL = "none"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -156,10 +164,10 @@ class Metrics:
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         else:
             self.registry = own
-        # Pending since the last flush: label values -> count, and per-endpoint histogram batches.
+        # Finished requests since the last flush; flush() derives every request metric from them.
+        self._records: list[RequestRecord] = []
+        self._costs: list[tuple[str | None, float]] = []
         self._models: set[str] = set()
-        self._pending_requests: dict[tuple[str, str, str], int] = {}
-        self._pending_tokens: dict[tuple[str, str], int] = {}
         self._timings: dict[str, tuple[_Batch, _Batch, _Batch]] = {}
         self._overhead = _Batch(self.proxy_overhead)
         self._in_flight = 0
@@ -174,59 +182,76 @@ class Metrics:
         self._in_flight -= 1
 
     def observe(self, r: RequestRecord) -> None:
-        """Derive every request metric from one finished request (State.observers calls this)."""
-        status = r.status
-        upstream_status = r.upstream_status
-        model = self._model_label(r.model, status, upstream_status)
-        key = (r.endpoint, model, _STATUS_CLASS[status // 100] if 0 <= status < 600 else "5xx")
-        pending = self._pending_requests
-        pending[key] = pending.get(key, 0) + 1
-        timings = self._timings.get(r.endpoint)
-        if timings is None:
-            e = r.endpoint
-            timings = self._timings[e] = (
-                _Batch(self.request_duration.labels(e)),
-                _Batch(self.upstream_duration.labels(e)),
-                _Batch(self.upstream_ttfb.labels(e)),
-            )
-        latency = r.latency_ms / 1000
-        timings[0].add(latency)
-        if r.proxy_ms is not None:
-            overhead = r.proxy_ms / 1000
-            self._overhead.add(overhead)
-            if upstream_status is not None:
-                timings[1].add(latency - overhead)
-                if r.stream and r.ttfb_ms is not None:
-                    timings[2].add(r.ttfb_ms / 1000 - overhead)
-        usage = r.usage
-        if usage is not None:
-            tokens = self._pending_tokens
-            if usage.prompt:
-                k = (model, "prompt")
-                tokens[k] = tokens.get(k, 0) + usage.prompt
-            if usage.completion:
-                k = (model, "completion")
-                tokens[k] = tokens.get(k, 0) + usage.completion
-        if r.error is not None or status >= 400:
-            self._count_failure(r)
+        """Keep a finished request for the next flush (State.observers calls this).
+
+        The request path pays one list append; flush() derives the metrics of the whole batch, counting
+        and bucketing with C-level helpers (Counter, sort, bisect) instead of Python work per request.
+        """
+        self._records.append(r)
 
     def flush(self) -> None:
         """Move what is pending into prometheus-client. Call on the event loop's thread only."""
-        if self._pending_requests:
-            for request_labels, n in self._pending_requests.items():
-                self.requests.labels(*request_labels).inc(n)
-            self._pending_requests.clear()
-        if self._pending_tokens:
-            for token_labels, n in self._pending_tokens.items():
-                self.tokens.labels(*token_labels).inc(n)
-            self._pending_tokens.clear()
-        for batches in self._timings.values():
-            for batch in batches:
-                batch.flush()
-        self._overhead.flush()
+        records, self._records = self._records, []
+        if records:
+            self._derive(records)
+        if self._costs:
+            costs, self._costs = self._costs, []
+            spent: dict[str, float] = {}
+            for model, usd in costs:
+                label = model if model in self._models else (NO_MODEL if model is None else OTHER_MODEL)
+                spent[label] = spent.get(label, 0.0) + usd
+            for label, usd in spent.items():
+                self.cost.labels(label).inc(usd)
         self.in_flight.set(self._in_flight)
 
-    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
+    def _derive(self, records: list[RequestRecord]) -> None:
+        # Model labels in first-seen order, so the bounded slots go to the models seen first.
+        labels: dict[tuple[str | None, int, int | None], str] = {}
+        requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for (endpoint, model, status, upstream_status), n in collections.Counter(map(_REQUEST_KEY, records)).items():
+            label = labels.get((model, status, upstream_status))
+            if label is None:
+                label = labels[model, status, upstream_status] = self._model_label(model, status, upstream_status)
+            requests[endpoint, label, _STATUS_CLASS[status // 100] if 0 <= status < 600 else "5xx"] += n
+        for request_labels, n in requests.items():
+            self.requests.labels(*request_labels).inc(n)
+        used = [r for r in records if r.usage is not None]
+        used.sort(key=_LABEL_KEY)
+        for key, group in groupby(used, _LABEL_KEY):
+            batch = list(group)
+            label = labels[key]
+            prompt, completion = sum(map(_PROMPT, batch)), sum(map(_COMPLETION, batch))
+            if prompt:
+                self.tokens.labels(label, "prompt").inc(prompt)
+            if completion:
+                self.tokens.labels(label, "completion").inc(completion)
+        for r in [r for r in records if r.error is not None or r.status >= 400]:
+            self._count_failure(r)
+        records.sort(key=_ENDPOINT)
+        overheads: list[float] = []
+        for endpoint, group in groupby(records, _ENDPOINT):
+            batch = list(group)
+            total, upstream, ttfb = self._timings_of(endpoint)
+            total.add_all([r.latency_ms / 1000 for r in batch])
+            went = [r for r in batch if r.proxy_ms is not None]
+            overheads += [r.proxy_ms / 1000 for r in went]  # type: ignore[operator]
+            answered = [r for r in went if r.upstream_status is not None]
+            upstream.add_all([(r.latency_ms - r.proxy_ms) / 1000 for r in answered])  # type: ignore[operator]
+            streams = [r for r in answered if r.stream and r.ttfb_ms is not None]
+            ttfb.add_all([(r.ttfb_ms - r.proxy_ms) / 1000 for r in streams])  # type: ignore[operator]
+        self._overhead.add_all(overheads)
+
+    def _timings_of(self, endpoint: str) -> tuple[_Batch, _Batch, _Batch]:
+        timings = self._timings.get(endpoint)
+        if timings is None:
+            timings = self._timings[endpoint] = (
+                _Batch(self.request_duration.labels(endpoint)),
+                _Batch(self.upstream_duration.labels(endpoint)),
+                _Batch(self.upstream_ttfb.labels(endpoint)),
+            )
+        return timings
+
+    async def flush_periodically(self, interval: float) -> None:
         """Flush every `interval` seconds until cancelled (lifespan owns the task)."""
         while True:
             await asyncio.sleep(interval)
@@ -283,8 +308,8 @@ class Metrics:
 
     def record_cost(self, model: str | None, usd: float) -> None:
         """Spend of one request, under the same bounded model label as its request count."""
-        label = model if model in self._models else (NO_MODEL if model is None else OTHER_MODEL)
-        self.cost.labels(label).inc(usd)
+        # Labelled at flush, after the request's own record has had its chance at a model slot.
+        self._costs.append((model, usd))
 
     def usage_buffered(self, rows: int) -> None:
         """The writer's buffer now holds `rows` rows (set, not added)."""
@@ -340,37 +365,34 @@ class Metrics:
 
 
 class _Batch:
-    """Observations of one histogram child since the last flush: bucket counts and their sum."""
+    """Adds a batch of observations to one histogram child at once."""
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("bounds", "child")
 
     def __init__(self, child: Histogram) -> None:
         self.child = child
-        # prometheus-client's own bounds (ending in +Inf): bisect_left finds the bucket `observe` would.
+        # prometheus-client's own bounds (ending in +Inf); a value v belongs to the first bound >= v.
         # Its private per-bucket values are touched here, not first at flush, so that a client version
         # without them fails at startup (Metrics() builds one batch) instead of in the flush task.
         self.bounds: list[float] = list(child._upper_bounds)
         if len(child._buckets) != len(self.bounds) or not hasattr(child._sum, "inc"):
             raise RuntimeError("unsupported prometheus-client: Histogram internals changed")
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
 
-    def add(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def flush(self) -> None:
-        counts = self.counts
-        if not any(counts):
+    def add_all(self, values: list[float]) -> None:
+        if not values:
             return
+        values.sort()
         # Histogram has no public bulk observe: add to the per-bucket values `observe` would add to.
         buckets = self.child._buckets
-        for i, n in enumerate(counts):
-            if n:
-                buckets[i].inc(n)
-                counts[i] = 0
-        self.child._sum.inc(self.total)
-        self.total = 0.0
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect_right(values, bound, below)  # values <= bound
+            if upto > below:
+                buckets[i].inc(upto - below)
+                below = upto
+            if below == len(values):
+                break
+        self.child._sum.inc(math.fsum(values))
 
 
 def prune_dead_workers(path: str) -> None:
