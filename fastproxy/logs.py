@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -33,11 +32,6 @@ from fastproxy.records import RequestRecord
 
 ACCESS_LOGGER = "fastproxy.access"
 _encode = msgspec.json.encode
-
-
-def _masked(r: RequestRecord) -> RequestRecord:
-    # key_hint holds the last 4 characters only; the ellipsis makes that plain to whoever reads the log.
-    return msgspec.structs.replace(r, key_hint="..." + r.key_hint) if r.key_hint else r
 
 
 class _JsonFormatter(logging.Formatter):
@@ -73,24 +67,26 @@ class AccessLog:
     never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
+    Lines are bytes from msgspec to the file descriptor (no str round trip), one loop per batch with
+    no call per line: the formatting is most of the access log's cost (bench/instructions.py).
     `close()` formats and writes everything handed over, then stops the thread.
     """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None, interval: float = 0.05) -> None:
-        self._format: Callable[[float, RequestRecord, int], str] = _JsonLines() if fmt == "json" else _text_line
+        self._json = fmt == "json"
         self._stream = stream
         self._interval = interval
-        self._pid = os.getpid()
         self._pending: deque[tuple[float, RequestRecord]] = deque()
-        self._chunks: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._chunk_limit = _PIPE_BUF
+        self._stamps = _Stamps(os.getpid())
         self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
 
     def write(self, record: RequestRecord) -> None:
         self._pending.append((time.time(), record))
 
     def start(self) -> None:
-        self._pid = os.getpid()
+        self._stamps = _Stamps(os.getpid())
         self._chunk_limit = _chunk_limit(self._stream or sys.stderr)
         self._thread.start()
 
@@ -108,22 +104,45 @@ class AccessLog:
         pending = self._pending
         if not pending:
             return
-        fmt, pid, limit = self._format, self._pid, self._chunk_limit
-        chunks: list[str] = []
-        chunk: list[str] = []
-        size = 0
-        while pending:
-            ts, record = pending.popleft()
-            line = fmt(ts, record, pid)
-            if size + len(line) > limit and chunk:
-                chunks.append("".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            chunks.append("".join(chunk))
+        batch = list(pending)
+        pending.clear()
+        lines = self._json_lines(batch) if self._json else [_text_line(ts, r).encode() for ts, r in batch]
+        limit = self._chunk_limit
+        chunks: list[bytes] = []
+        if sum(map(len, lines)) <= limit:
+            chunks.append(b"".join(lines))
+        else:
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines:
+                if size + len(line) > limit and chunk:
+                    chunks.append(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            chunks.append(b"".join(chunk))
         # One put per drain: every wake-up of the thread is a GIL hand-over with the loop.
         self._chunks.put(chunks)
+
+    def _json_lines(self, batch: list[tuple[float, RequestRecord]]) -> list[bytes]:
+        # The record's fields first (a line starts with {"request_id": tests and greps rely on it), then
+        # ts, level, logger and pid. key_hint holds the last 4 characters only; the "..." makes that
+        # plain to whoever reads the log (a quote inside a JSON string is escaped, so the first
+        # `"key_hint":"` is the key itself).
+        stamps = self._stamps
+        tail, millis = stamps.tail, _MILLIS
+        lines: list[bytes] = []
+        second, prefix = -1, b""
+        for ts, r in batch:
+            ms = int(ts * 1000)
+            if ms // 1000 != second:
+                second = ms // 1000
+                prefix = stamps.prefix(second)
+            body = _encode(r)
+            if r.key_hint:
+                body = body.replace(b'"key_hint":"', b'"key_hint":"...', 1)
+            lines.append(b"".join((body[:-1], prefix, millis[ms % 1000], tail)))
+        return lines
 
     def close(self) -> None:
         """Write every line handed over so far, then stop the writer thread."""
@@ -135,13 +154,42 @@ class AccessLog:
     def _write_chunks(self) -> None:
         while (chunks := self._chunks.get()) is not None:
             stream = self._stream or sys.stderr
+            raw = getattr(stream, "buffer", None)
             try:
+                if raw is not None:
+                    stream.flush()  # whatever was written as text first
+                # One write per chunk, each flushed: a pipe keeps writes up to PIPE_BUF whole.
                 for chunk in chunks:
-                    stream.write(chunk)
-                    stream.flush()
+                    if raw is not None:
+                        raw.write(chunk)
+                        raw.flush()
+                    else:
+                        stream.write(chunk.decode())
+                        stream.flush()
             except (OSError, ValueError):
                 # stderr closed or broken: losing access lines must never take the worker down.
                 continue
+
+
+_MILLIS = tuple(b"%03d" % i for i in range(1000))
+
+
+class _Stamps:
+    """The constant parts of a JSON access line's end: `,"ts":"<second>.` per second, and the rest."""
+
+    __slots__ = ("_prefix", "_second", "tail")
+
+    def __init__(self, pid: int) -> None:
+        self._second = -1
+        self._prefix = b""
+        self.tail = b'Z","level":"info","logger":"%s","pid":%d}\n' % (ACCESS_LOGGER.encode(), pid)
+
+    def prefix(self, second: int) -> bytes:
+        if second != self._second:
+            self._second = second
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._prefix = b',"ts":"' + stamp.encode() + b"."
+        return self._prefix
 
 
 def _chunk_limit(stream: TextIO) -> int:
@@ -165,27 +213,7 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _JsonLines:
-    """Formats access lines; used by the writer thread only (its per-second timestamp cache is not shared)."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self, ts: float, r: RequestRecord, pid: int) -> str:
-        second = int(ts)
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        stamp = f"{self._prefix}.{int(ts * 1000) % 1000:03d}Z"
-        # The record's fields first: a line starts with {"request_id" (tests and greps rely on it).
-        body = _encode(_masked(r)).decode()
-        return f'{body[:-1]},"ts":"{stamp}","level":"info","logger":"{ACCESS_LOGGER}","pid":{pid}}}\n'
-
-
-def _text_line(ts: float, r: RequestRecord, pid: int) -> str:
+def _text_line(ts: float, r: RequestRecord) -> str:
     local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
     parts = [f"{local},{int(ts * 1000) % 1000:03d} access {r.status} {r.method} {r.path}"]
     if r.model:
