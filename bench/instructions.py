@@ -148,7 +148,7 @@ def main() -> None:
                     port = free_port()
                     total, ok, bad = count(env, key, n, a.concurrency, work, port)
                     if a.keep:
-                        shutil.copytree(work / f"cg-{port}-{n}", a.keep / f"{name.strip('+')}-{n}")
+                        shutil.copytree(work / f"cg-{port}-{n}", a.keep / f"{name.strip('+')}-{n}-{port}")
                     if ok != n:
                         raise SystemExit(f"{name}: {bad} of {n} requests failed; see the proxy log in {work}")
                     counts.append(total)
