@@ -1,0 +1,102 @@
+"""The limiter's own Redis connection (fastproxy.ratelimit.wire) against a real Redis, and against a
+server that never answers (the timeout path)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from fastproxy.ratelimit.redis_limiter import connect
+from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel
+from tests.own_redis import OwnRedis
+
+
+@pytest.fixture
+async def channel(redis_url: str) -> AsyncIterator[ScriptChannel]:
+    client = connect(redis_url, 2.0)
+    ch = ScriptChannel(client.connection_pool.connection_kwargs, 2.0)
+    yield ch
+    ch.close()
+    await client.aclose()
+
+
+async def test_concurrent_calls_get_their_own_replies(
+    channel: ScriptChannel, redis_client: Redis, redis_prefix: str
+) -> None:
+    keys = [f"{redis_prefix}n{i}" for i in range(50)]
+    replies = await asyncio.gather(*(channel.call("INCRBY", k, i) for i, k in enumerate(keys)))
+    assert replies == list(range(50))
+    assert await redis_client.mget(keys) == [str(i).encode() for i in range(50)]
+
+
+async def test_error_reply_raises_and_the_connection_stays_usable(channel: ScriptChannel, redis_prefix: str) -> None:
+    key = redis_prefix + "h"
+    await channel.call("HSET", key, "f", "v")
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        await channel.call("INCR", key)
+    assert await channel.call("HGET", key, "f") == b"v"
+
+
+async def test_connects_to_the_database_of_the_url() -> None:
+    server = OwnRedis()
+    server.start()
+    try:
+        client, db0 = connect(server.url + "/3", 2.0), connect(server.url + "/0", 2.0)
+        ch = ScriptChannel(client.connection_pool.connection_kwargs, 2.0)
+        await ch.call("SET", "where", "db3")
+        assert await client.get("where") == b"db3"  # the redis-py client of the same URL: db 3
+        assert await db0.get("where") is None
+        ch.close()
+        await client.aclose()
+        await db0.aclose()
+    finally:
+        server.close()
+
+
+async def test_evalsha_loads_an_unknown_script(channel: ScriptChannel, redis_client: Redis) -> None:
+    source = "return 'loaded-" + channel.__class__.__name__ + "'"
+    sha = redis_client.register_script(source).sha
+    await redis_client.script_flush()
+    assert await channel.evalsha(sha, source, [], []) == b"loaded-ScriptChannel"
+
+
+async def test_timeout_drops_the_connection_and_the_next_call_reconnects() -> None:
+    answer = asyncio.Event()
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while await reader.read(4096):
+            if answer.is_set():
+                writer.write(b"+PONG\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ch = ScriptChannel({"host": "127.0.0.1", "port": port}, 0.1)
+    try:
+        calls = [asyncio.ensure_future(ch.call("PING")) for _ in range(3)]
+        for call in calls:  # every caller waiting on the silent connection hears of it, none hangs
+            with pytest.raises(ChannelError, match="no reply"):
+                await asyncio.wait_for(call, 5)
+        answer.set()
+        assert await asyncio.wait_for(ch.call("PING"), 5) == b"PONG"
+        assert connections == 2
+    finally:
+        ch.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_nothing_listening_is_a_channel_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    ch = ScriptChannel({"host": "127.0.0.1", "port": port}, 1.0)
+    with pytest.raises(ChannelError, match="cannot connect"):
+        await ch.call("PING")
