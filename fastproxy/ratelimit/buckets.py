@@ -52,14 +52,25 @@ class Bucket(msgspec.Struct, frozen=True, gc=False):
 
 
 class Plan:
-    """The buckets of one request, request-count buckets first, then token buckets; built once, reused."""
+    """The buckets of one request, request-count buckets first, then token buckets; built once, reused.
 
-    __slots__ = ("buckets", "requests", "tokens")
+    `reported` holds, per kind that has refilling buckets, the kind's name and the (index into
+    `buckets`, capacity as bytes) of each of them: what the x-ratelimit-* headers choose from.
+    Lifetime quotas have no reset, so they are never reported there.
+    """
+
+    __slots__ = ("buckets", "reported", "requests", "tokens")
 
     def __init__(self, requests: tuple[Bucket, ...], tokens: tuple[Bucket, ...]) -> None:
         self.requests = requests
         self.tokens = tokens
         self.buckets = requests + tokens
+        reported: list[tuple[bytes, tuple[tuple[int, bytes], ...]]] = []
+        for kind, start, group in ((b"requests", 0, requests), (b"tokens", len(requests), tokens)):
+            refilling = tuple((i, b"%d" % b.capacity) for i, b in enumerate(group, start) if not b.lifetime)
+            if refilling:
+                reported.append((kind, refilling))
+        self.reported = tuple(reported)
 
 
 EMPTY_PLAN: Final = Plan((), ())

@@ -39,7 +39,7 @@ from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
 from fastproxy.ratelimit.settler import Settler
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel
+from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk
 from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 log = logging.getLogger("fastproxy.ratelimit")
@@ -75,10 +75,15 @@ def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Redis:
     return Redis.from_pool(pool)
 
 
+# Packed bucket arguments remembered per worker (entries hold their bucket, so an id is never reused).
+_PACKED_BUCKETS: Final = 8192
+_MODES: Final = {mode: bulk(mode) for mode in ("take", "force", "peek")}
+
+
 class _Op:
     __slots__ = ("args", "future", "keys")
 
-    def __init__(self, keys: list[str], args: list[str | int], future: asyncio.Future[Any]) -> None:
+    def __init__(self, keys: list[bytes], args: list[bytes], future: asyncio.Future[Any]) -> None:
         self.keys = keys
         self.args = args
         self.future = future
@@ -105,15 +110,28 @@ class RedisStore:
         )
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        # id(bucket) -> (bucket, then its key, capacity and period packed): a plan's buckets are built
+        # once, so packing their constant arguments once per worker takes that off the request path.
+        self._packed: dict[int, tuple[Bucket, bytes, bytes, bytes]] = {}
+
+    def _pack(self, bucket: Bucket) -> tuple[Bucket, bytes, bytes, bytes]:
+        if len(self._packed) >= _PACKED_BUCKETS:
+            self._packed.clear()
+        entry = self._packed[id(bucket)] = (bucket, bulk(bucket.key), bulk(bucket.capacity), bulk(bucket.period))
+        return entry
 
     def _submit(self, buckets: Sequence[Bucket], mode: str, costs: Sequence[int]) -> asyncio.Future[Any]:
         """Queue one operation; the future gets its reply, or StoreUnavailable."""
-        args: list[str | int] = [mode, len(buckets)]
+        keys: list[bytes] = []
+        args = [_MODES[mode], bulk(len(buckets))]
+        packed = self._packed
         for bucket, cost in zip(buckets, costs, strict=True):
-            args += (bucket.capacity, bucket.period, cost)
+            entry = packed.get(id(bucket)) or self._pack(bucket)
+            keys.append(entry[1])
+            args += (entry[2], entry[3], bulk(cost))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Op([b.key for b in buckets], args, future))
+        self._queue.append(_Op(keys, args, future))
         if self._flusher is None:
             # Its first step runs after every callback already ready: the batch gathers this tick's operations.
             self._flusher = loop.create_task(self._flush(), name="fastproxy-ratelimit-batch")
@@ -130,8 +148,8 @@ class RedisStore:
     async def _send(self, ops: list[_Op]) -> None:
         if not ops:
             return
-        keys: list[str] = []
-        args: list[str | int] = [len(ops)]
+        keys: list[bytes] = []
+        args = [bulk(len(ops))]
         for op in ops:
             keys += op.keys
             args += op.args

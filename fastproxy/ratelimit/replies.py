@@ -43,19 +43,23 @@ def go_duration(ms: int) -> bytes:
 def headers(plan: Plan, taken: Taken) -> RawHeaders:
     """x-ratelimit-* for the tightest refilling bucket of each kind (lifetime quotas have no reset)."""
     out: RawHeaders = []
-    offset = 0
-    for group, kind in ((plan.requests, b"requests"), (plan.tokens, b"tokens")):
-        best = -1
-        for i, bucket in enumerate(group, offset):
-            if not bucket.lifetime and (best < 0 or taken.remaining[i] < taken.remaining[best]):
-                best = i
-        if best >= 0:
-            bucket = plan.buckets[best]
-            out.append((b"x-ratelimit-limit-" + kind, b"%d" % bucket.capacity))
-            out.append((b"x-ratelimit-remaining-" + kind, b"%d" % max(0, taken.remaining[best])))
-            out.append((b"x-ratelimit-reset-" + kind, go_duration(taken.reset_ms[best])))
-        offset += len(group)
+    remaining = taken.remaining
+    for kind, refilling in plan.reported:
+        best, capacity = refilling[0]
+        for i, cap in refilling[1:]:
+            if remaining[i] < remaining[best]:
+                best, capacity = i, cap
+        out += (
+            (_LIMIT[kind], capacity),
+            (_REMAINING[kind], b"%d" % max(0, remaining[best])),
+            (_RESET[kind], go_duration(taken.reset_ms[best])),
+        )
     return out
+
+
+_LIMIT = {kind: b"x-ratelimit-limit-" + kind for kind in (b"requests", b"tokens")}
+_REMAINING = {kind: b"x-ratelimit-remaining-" + kind for kind in (b"requests", b"tokens")}
+_RESET = {kind: b"x-ratelimit-reset-" + kind for kind in (b"requests", b"tokens")}
 
 
 def refused(bucket: Bucket, used: int, requested: int, retry_ms: int) -> RateLimited:

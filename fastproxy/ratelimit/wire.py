@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -33,12 +33,17 @@ class ReplyError(Exception):
     """Redis answered this command with an error reply."""
 
 
+def bulk(value: str | int | bytes) -> bytes:
+    """One command argument in RESP's bulk-string form (callers may pack constant arguments once)."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def _pack(args: tuple[str | int | bytes, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join(map(bulk, args))
+
+
+_EVALSHA = bulk("EVALSHA")
 
 
 class _Protocol(asyncio.Protocol):
@@ -109,20 +114,26 @@ class ScriptChannel:
 
     async def call(self, *args: str | int | bytes) -> Any:
         """One command's reply. Raises ChannelError or ReplyError."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost:
-            protocol = await self._connect()
-        return await self._send(protocol, _pack(args))
+        return await self._packed(_pack(args))
 
-    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[str | int]) -> Any:
-        """EVALSHA, loading the script first when Redis does not know it (a restart, SCRIPT FLUSH)."""
+    async def evalsha(self, sha: str, script: str, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+        """EVALSHA with `keys` and `args` already in bulk form (see `bulk`), loading the script first
+        when Redis does not know it (after a restart or a SCRIPT FLUSH)."""
+        head = b"*%d\r\n%s%s%s" % (3 + len(keys) + len(args), _EVALSHA, bulk(sha), bulk(len(keys)))
+        packed = b"".join((head, *keys, *args))
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self._packed(packed)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         await self.call("SCRIPT", "LOAD", script)
-        return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        return await self._packed(packed)
+
+    async def _packed(self, packed: bytes) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        return await self._send(protocol, packed)
 
     def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
