@@ -22,6 +22,7 @@ Raw results: bench/out/<timestamp>.json. The markdown goes to stdout and to --re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata as md
 import json
@@ -37,7 +38,18 @@ from typing import Any
 
 from bench import report, scenarios
 from bench.configs import BASELINES, KEY_LIMITS, proxy_configs
-from bench.harness import HERE, LOAD_CPU, NGINX, PROXY_CPU, REPO, WRK, backing, raise_nofile, scratch_dir
+from bench.harness import (
+    HERE,
+    LOAD_CPU,
+    NGINX,
+    PROXY_CPU,
+    REPO,
+    WRK,
+    backing,
+    backing_services_on,
+    raise_nofile,
+    scratch_dir,
+)
 from bench.stats import median
 from bench.targets import GRANIAN_FLAGS
 
@@ -180,7 +192,7 @@ def _cmd(argv: list[str]) -> str:
     return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "n/a"
 
 
-def header(a: argparse.Namespace, load_before: tuple[float, float, float]) -> list[str]:
+def header(a: argparse.Namespace, load_before: tuple[float, float, float], pinning: str) -> list[str]:
     model = next(
         (
             ln.split(":", 1)[1].strip()
@@ -212,7 +224,7 @@ def header(a: argparse.Namespace, load_before: tuple[float, float, float]) -> li
         f"- topology: proxy on CPU {PROXY_CPU} (`taskset -c {PROXY_CPU} fastproxy serve`, FASTPROXY_WORKERS=1, "
         f"which starts Granian as `granian {' '.join(GRANIAN_FLAGS)}`; the reference runs under exactly these "
         f"flags); load generator, upstream and harness on CPU {LOAD_CPU}; "
-        'PostgreSQL and Redis unpinned (their CPU counts as "other")',
+        f'{pinning} (their CPU counts as "other")',
         f"- flags: runs {a.runs} (interleaved rounds, median shown) x {a.duration:g} s nonstream / "
         f"{a.stream_duration:g} s stream; warm-up {a.warmup:g} s of the same load before every measured run; "
         f"concurrency {a.conns} connections (wrk -t1 -c{a.conns}); up to {a.quiet_wait:g} s wait for a quiet box "
@@ -244,7 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     nofile = raise_nofile()
     load_before = os.getloadavg()
     est = estimate_s(a)
-    hdr = header(a, load_before)
+    pinned_services = contextlib.ExitStack()
+    pinning = pinned_services.enter_context(backing_services_on(LOAD_CPU))
+    hdr = header(a, load_before, pinning)
     print("\n".join(hdr), flush=True)
     print(f"scenarios: {','.join(a.scenarios)}; estimated {est / 60:.1f} min; RLIMIT_NOFILE {nofile}", flush=True)
     out: dict[str, Any] = {"args": vars(a), "header": hdr}
@@ -262,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
 
     configs = proxy_configs()
-    with scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk:
+    with pinned_services, scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk:
         ctx = scenarios.Ctx(a, Path(tmp), bk, configs, log)
         if "nonstream" in a.scenarios:
             log("\n## nonstream")
@@ -294,21 +308,14 @@ def main(argv: list[str] | None = None) -> None:
             plan += [(n, a.many_streams, a.many_delay_ms) for n in a.many_configs] if a.many_streams else []
             r = scenarios.slow(ctx, plan)
             out["slow"] = r
-            ev = [x["events_per_stream"] for v in r["runs"].values() if isinstance(v, list) for x in v]
-            floor = (
-                f"{ev[0]:.0f} events x {a.slow_delay_ms:g} ms = {ev[0] * a.slow_delay_ms / 1000:.2f} s"
-                if ev
-                else "events x delay"
-            )
             md_out += [
                 f"\n### Slow streams: {a.slow_chunks} chunks at {a.slow_delay_ms:g} ms "
                 f"(ideal {r['ideal_s']:.1f} s), starts spread over {a.slow_ramp_ms:g} ms, {a.slow_runs} run(s)\n",
-                f"Upstream: {r['upstream']}. It sleeps before every SSE event, the finish, usage and [DONE] "
-                f"events included, so its own floor is {floor}. Target: p99 within 5 % of the ideal, no "
-                "errors. When the direct row is already well over the ideal, CPU 1 (mock + Python client) is "
-                "the limit, and \"p99 over direct\" is the proxy's share. fastproxy's upstream pool "
-                "(FASTPROXY_POOL_SIZE, default 1024 per worker) bounds its concurrent upstream streams: beyond "
-                "it, streams wait for a connection.\n",
+                f"Upstream: {r['upstream']}. Target: p99 within 5 % of the ideal, no errors. When the direct "
+                "row is already well over the ideal, CPU 1 (upstream + Python client) is the limit, and \"p99 "
+                "over direct\" is the proxy's share. fastproxy's upstream pool (FASTPROXY_POOL_SIZE, default "
+                "1024 per worker) bounds its concurrent upstream streams: beyond it, streams wait for a "
+                "connection.\n",
                 *report.slow_table(r["runs"]),
             ]
         if "latency" in a.scenarios:

@@ -380,6 +380,77 @@ def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian: libnginx-mod-http-echo
+_SSE_EVENT = (
+    '{{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":"mock-model",'
+    '"system_fingerprint":"fp_mock","choices":[{choices}],"usage":{usage}}}'
+)
+_SSE_CONTENT = _SSE_EVENT.format(
+    choices='{"index":0,"delta":{"content":" tok"},"logprobs":null,"finish_reason":null}', usage="null"
+)
+_SSE_TAIL = (
+    _SSE_EVENT.format(choices='{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}', usage="null"),
+    _SSE_EVENT.format(
+        choices="",
+        usage='{"prompt_tokens":8,"completion_tokens":100,"total_tokens":108,'
+        '"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}',
+    ),
+    "[DONE]",
+)
+
+
+def sse_nginx_available() -> bool:
+    return os.path.exists(NGINX) and ECHO_MODULE.exists()
+
+
+def start_sse_nginx(workdir: Path, chunks: int, delays_ms: Sequence[float]) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx (echo module) streaming `chunks` chat chunks, each its own write after a sleep, then the
+    finish, usage and [DONE] events at once: its floor is chunks x delay, the ideal itself. The delay
+    comes from the x-mock-delay-ms header, one of `delays_ms` (others: the first); 0 means 1 ms.
+    One worker on the load CPU: it costs a fraction of the Python mock's CPU per event."""
+    d = workdir / "nginx-sse"
+    d.mkdir(exist_ok=True)
+    port = free_port()
+    affinity = "1".ljust(LOAD_CPU + 1, "0")[::-1]
+    delays = {f"{ms:g}": max(ms, 1.0) / 1000 for ms in delays_ms}
+    mapping = " ".join(f'"{k}" {v:g};' for k, v in delays.items())
+    step = f"echo_sleep $mock_delay; echo 'data: {_SSE_CONTENT}\\n'; echo_flush;"
+    tail = " ".join(f"echo 'data: {e}\\n';" for e in _SSE_TAIL)
+    body = "\n".join([step] * chunks + [tail])
+    conf = f"""load_module {ECHO_MODULE};
+worker_processes 1;
+worker_cpu_affinity {affinity};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 16384; use epoll; multi_accept on; }}
+worker_rlimit_nofile 65536;
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map $http_x_mock_delay_ms $mock_delay {{ default {next(iter(delays.values()))}; {mapping} }}
+    server {{
+        listen 127.0.0.1:{port} backlog=8192;
+        location = /v1/chat/completions {{
+            default_type text/event-stream;
+            {body}
+        }}
+    }}
+}}
+"""
+    (d / "nginx.conf").write_text(conf)
+    proc = spawn(pinned(LOAD_CPU, [NGINX, "-c", str(d / "nginx.conf"), "-p", f"{d}/"]), os.environ, d / "stdout.log")
+    wait_port(port, proc)
+    return proc, port
+
+
 def start_mock(workdir: Path, chunks: int, delay_ms: float, workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     argv = [PY, "-m", "fastproxy", "mock-upstream", "--port", str(port), "--workers", str(workers)]
@@ -436,6 +507,44 @@ def backing(redis_url: str, key_limits: Mapping[str, int]) -> Iterator[Backing]:
         found = scan.stdout.split()
         for i in range(0, len(found), 500):
             subprocess.run(["redis-cli", "-u", redis_url, "del", *found[i : i + 500]], capture_output=True, check=False)
+
+
+# The shared services the proxy talks to. Left unpinned, the scheduler runs them on the proxy's core
+# too, where each of their wake-ups preempts the proxy: a measurement of the proxy should own its core.
+BACKING_SERVICES = ("redis-server", "postgres")
+
+
+@contextlib.contextmanager
+def backing_services_on(cpu: int) -> Iterator[str]:
+    """Move every thread of the local Redis and PostgreSQL processes to `cpu` for the run (new
+    PostgreSQL backends fork from a moved postmaster and inherit it); put them back afterwards.
+    Yields what was done, for the report."""
+    moved: dict[int, set[int]] = {}
+    refused = 0
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if (pid_dir / "comm").read_text().strip() not in BACKING_SERVICES:
+                continue
+            for task in (pid_dir / "task").iterdir():
+                tid = int(task.name)
+                before = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {cpu})
+                moved[tid] = before
+        except PermissionError:
+            refused += 1
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+    try:
+        if refused:
+            yield f"Redis and PostgreSQL unpinned (no permission to move {refused} of their processes)"
+        else:
+            yield f"Redis and PostgreSQL ({len(moved)} threads) moved to CPU {cpu} for the run"
+    finally:
+        for tid, before in moved.items():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(tid, before)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

@@ -27,8 +27,10 @@ from bench.harness import (
     post,
     rss_mb,
     run_json,
+    sse_nginx_available,
     start_mock,
     start_nginx,
+    start_sse_nginx,
     stop,
     wait_quiet,
     worker_pid,
@@ -167,7 +169,22 @@ def _streams(
 def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
     """Concurrent slow streams: `plan` lists (target, concurrent streams, ms between chunks)."""
     a = ctx.args
-    proc, port = start_mock(ctx.workdir, chunks=a.slow_chunks, delay_ms=a.slow_delay_ms, workers=a.mock_workers)
+    if sse_nginx_available():
+        # The delay of each run comes from its x-mock-delay-ms header: nginx maps the values it will see.
+        delays = [a.slow_delay_ms, 0.0, 1.0, *(d for _, _, d in plan)]
+        proc, port = start_sse_nginx(ctx.workdir, a.slow_chunks, delays)
+        what = (
+            f"nginx 1 worker (echo module), {a.slow_chunks} chunk events each written after a sleep, then the "
+            "finish, usage and [DONE] events at once: its floor is the ideal itself"
+        )
+    else:
+        ctx.log("  nginx's echo module not found: the upstream is fastproxy mock-upstream (uses more of CPU 1)")
+        proc, port = start_mock(ctx.workdir, chunks=a.slow_chunks, delay_ms=a.slow_delay_ms, workers=a.mock_workers)
+        what = (
+            f"fastproxy mock-upstream --chunks {a.slow_chunks} --delay-ms {a.slow_delay_ms} --workers "
+            f"{a.mock_workers}; it sleeps before every SSE event (finish, usage and [DONE] included), so its "
+            f"floor is {a.slow_chunks + 3} x the delay"
+        )
     upstream = f"http://127.0.0.1:{port}"
     res: dict[str, list[Run] | str] = {}
     try:
@@ -222,8 +239,7 @@ def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
     finally:
         stop(proc)
     return {
-        "upstream": f"fastproxy mock-upstream --chunks {a.slow_chunks} --delay-ms {a.slow_delay_ms} "
-        f"--workers {a.mock_workers}",
+        "upstream": what,
         "ideal_s": a.slow_chunks * a.slow_delay_ms / 1000,
         "runs": res,
     }

@@ -22,7 +22,7 @@ from typing import Any
 import uvloop
 
 from fastproxy.ratelimit.redis_limiter import connect, load_script
-from fastproxy.ratelimit.wire import ScriptChannel, bulk
+from fastproxy.ratelimit.wire import ScriptChannel, bulk, pack_evalsha
 
 
 def _cpu() -> float:
@@ -48,12 +48,12 @@ async def main(url: str, calls: int, rounds: int) -> None:
     # One operation (ratelimit.lua's batch format): take 1 request and 100 tokens, never refused.
     args: list[str | int] = [1, "take", 2, 10**9, 60, 1, 10**12, 60, 100]
     # The limiter packs a bucket's constant arguments once; here every argument is packed once.
-    packed_keys, packed_args = [bulk(k) for k in keys], [bulk(a) for a in args]
+    packed = pack_evalsha(script.sha, [bulk(k) for k in keys], [bulk(a) for a in args])
     params = client.connection_pool.connection_kwargs
     channel = ScriptChannel(params, 2.0)
     clients: dict[str, Callable[[], Awaitable[Any]]] = {
         "redis-py script object": lambda: script(keys=keys, args=args),
-        "ScriptChannel": lambda: channel.evalsha(script.sha, source, packed_keys, packed_args),
+        "ScriptChannel": lambda: channel.evalsha(packed, source),
     }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
     try:

@@ -39,7 +39,7 @@ from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
 from fastproxy.ratelimit.settler import Settler
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk
+from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk, is_noscript, pack_evalsha
 from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 log = logging.getLogger("fastproxy.ratelimit")
@@ -92,11 +92,13 @@ class _Op:
 class RedisStore:
     """The BucketStore protocol over one Redis script, every operation batched with its neighbours.
 
-    An operation is queued and a flusher sends everything queued in one EVALSHA, then whatever queued
-    while that call was on the wire, and so on until the queue is empty: at most one call in flight per
-    worker. Alone, an operation still costs one round trip; under load, one round trip (and one pass
-    through redis-py, which costs far more CPU than the script) serves every request that arrived
-    meanwhile. Each operation stays atomic on its own inside the script (see ratelimit.lua).
+    An operation is written at once when no call is out; otherwise it queues, and when the call's
+    reply arrives everything queued goes in the next EVALSHA: at most one call in flight per worker.
+    Alone, an operation costs one round trip; under load, one round trip serves every request that
+    arrived meanwhile. Each operation stays atomic on its own inside the script (see ratelimit.lua).
+    Replies are handed out from the connection's own callback (wire.py), so a waiting request resumes
+    one loop iteration after its reply arrives. A task (owned here, awaited by close) is needed only to
+    connect or to load the script after NOSCRIPT.
     """
 
     def __init__(self, client: Redis, script: str) -> None:
@@ -109,7 +111,10 @@ class RedisStore:
             params, params.get("socket_timeout") or 1.0, tls=issubclass(pool.connection_class, SSLConnection)
         )
         self._queue: list[_Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # The operations of the call in flight (None: no call out).
+        self._out: list[_Op] | None = None
+        self._out_packed = b""
+        self._slow: asyncio.Task[None] | None = None
         # id(bucket) -> (bucket, then its key, capacity and period packed): a plan's buckets are built
         # once, so packing their constant arguments once per worker takes that off the request path.
         self._packed: dict[int, tuple[Bucket, bytes, bytes, bytes]] = {}
@@ -129,41 +134,59 @@ class RedisStore:
             entry = packed.get(id(bucket)) or self._pack(bucket)
             keys.append(entry[1])
             args += (entry[2], entry[3], bulk(cost))
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         self._queue.append(_Op(keys, args, future))
-        if self._flusher is None:
-            # Its first step runs after every callback already ready: the batch gathers this tick's operations.
-            self._flusher = loop.create_task(self._flush(), name="fastproxy-ratelimit-batch")
+        if self._out is None:
+            self._dispatch()
         return future
 
-    async def _flush(self) -> None:
-        try:
-            while self._queue:
-                ops, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
-                await self._send([op for op in ops if not op.future.done()])
-        finally:
-            self._flusher = None
-
-    async def _send(self, ops: list[_Op]) -> None:
+    def _dispatch(self) -> None:
+        """Send what is queued (up to _BATCH operations) as one call; nothing when a call is out."""
+        ops: list[_Op] = []
+        while self._queue and not ops:
+            batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+            ops = [op for op in batch if not op.future.done()]  # skip requests cancelled while queued
         if not ops:
             return
+        self._out = ops
         keys: list[bytes] = []
         args = [bulk(len(ops))]
         for op in ops:
             keys += op.keys
             args += op.args
-        try:
-            replies = await self._channel.evalsha(self._script.sha, self._source, keys, args)
-        except _FAILURES as exc:
-            _fail(ops, exc)
+        packed = self._out_packed = pack_evalsha(self._script.sha, keys, args)
+        if not self._channel.submit(packed, self._replied):
+            self._slow = asyncio.get_running_loop().create_task(self._send_slowly(packed))
+
+    def _replied(self, replies: Any) -> None:
+        if is_noscript(replies):
+            # After a restart or SCRIPT FLUSH: the slow path loads the script and sends the call again.
+            self._slow = asyncio.get_running_loop().create_task(self._send_slowly(self._out_packed))
             return
+        self._hand_out(replies)
+
+    def _hand_out(self, replies: Any) -> None:
+        ops, self._out = self._out or [], None
+        if isinstance(replies, _FAILURES):
+            _fail(ops, replies)
+        else:
+            for op, reply in zip(ops, replies, strict=True):
+                if not op.future.done():  # a request cancelled while its batch was out: nobody waits
+                    op.future.set_result(reply)
+        self._dispatch()
+
+    async def _send_slowly(self, packed: bytes) -> None:
+        """The call of `packed` when the fast path cannot make it: connect, or load the script first."""
+        try:
+            replies = await self._channel.evalsha(packed, self._source)
+        except _FAILURES as exc:
+            self._hand_out(exc)
         except BaseException as exc:
+            ops, self._out = self._out or [], None
             _fail(ops, exc)  # cancelled (shutdown) or a bug: the waiters must hear of it, never hang
             raise
-        for op, reply in zip(ops, replies, strict=True):
-            if not op.future.done():  # a request cancelled while its batch was out: nobody waits
-                op.future.set_result(reply)
+        else:
+            self._hand_out(replies)
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
         reply = await self._submit(buckets, "take", costs)
@@ -187,9 +210,12 @@ class RedisStore:
 
     async def close(self) -> None:
         """Let the operations already queued reach Redis, then close the connections."""
-        if self._flusher is not None:
+        pending = [op.future for op in (*(self._out or ()), *self._queue)]
+        if pending:
+            await asyncio.wait(pending)
+        if self._slow is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._flusher)
+                await self._slow
         self._channel.close()
         await self.client.aclose()
 

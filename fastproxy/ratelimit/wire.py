@@ -1,14 +1,17 @@
 """One pipelined Redis connection for the limiter's script calls: the request path's only Redis I/O.
 
-A script call through redis-py costs about 90 µs of CPU here (connection pool, retry wrapper, event
-dispatch, packing in Python); this channel costs about 20 (bench/ratelimit/wire.py measures both):
+A script call through redis-py costs about 140 µs of CPU here (connection pool, retry wrapper, event
+dispatch, packing in Python); this channel costs about 50 (bench/ratelimit/wire.py measures both):
 an asyncio Protocol on the loop's own transport, replies parsed by hiredis (the parser redis-py itself
 uses), each command packed with one join. It speaks only what the limiter needs (EVALSHA, SCRIPT LOAD,
 and AUTH / SELECT when it connects); everything else keeps using redis-py.
 
-Replies come back in the order the commands were written, so a waiter queue matches them. When a call
-times out, the connection is dropped (later replies could no longer be matched to their callers) and
-the next call opens a new one.
+`submit` hands a reply to a plain callback, called from the protocol's own data_received: a request
+waiting on the limiter resumes one loop iteration after the reply arrives, not three (a future's
+callbacks and a task's wake-up each cost an iteration, and a busy worker's iterations are long).
+Replies come back in the order the commands were written, so a queue of callbacks matches them. When
+a reply does not come in time, the connection is dropped (later replies could no longer be matched to
+their callers) and the next command opens a new one.
 
     ChannelError             no connection, a lost one, a timeout, or bytes that are not RESP
     ReplyError               Redis answered with an error (e.g. NOSCRIPT, WRONGTYPE)
@@ -17,12 +20,16 @@ the next call opens a new one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
+
+# Given the reply, or the ChannelError / ReplyError that stands for it. Must not raise.
+OnReply = Callable[[Any], None]
 
 
 class ChannelError(ConnectionError):
@@ -46,10 +53,16 @@ def _pack(args: tuple[str | int | bytes, ...]) -> bytes:
 _EVALSHA = bulk("EVALSHA")
 
 
+def pack_evalsha(sha: str, keys: Sequence[bytes], args: Sequence[bytes]) -> bytes:
+    """EVALSHA with `keys` and `args` already in bulk form (see `bulk`)."""
+    head = b"*%d\r\n%s%s%s" % (3 + len(keys) + len(args), _EVALSHA, bulk(sha), bulk(len(keys)))
+    return b"".join((head, *keys, *args))
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[tuple[OnReply, asyncio.TimerHandle]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
 
@@ -62,32 +75,28 @@ class _Protocol(asyncio.Protocol):
         waiters = self.waiters
         try:
             while (reply := self.reader.gets()) is not False:
-                future = waiters.popleft()
-                if future.done():  # its caller timed out; the connection is being dropped anyway
-                    continue
-                if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(ReplyError(str(reply)))
-                else:
-                    future.set_result(reply)
+                on_reply, timer = waiters.popleft()
+                timer.cancel()
+                on_reply(ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(ChannelError(f"unexpected bytes from Redis: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._fail_waiters(ChannelError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+        self._fail_waiters(f"connection to Redis lost: {exc or 'closed by the server'}")
 
     def fail(self, exc: ChannelError) -> None:
         """Give every waiting caller `exc` and drop the connection."""
         self.lost = True
         if self.transport is not None:
             self.transport.abort()
-        self._fail_waiters(exc)
+        self._fail_waiters(str(exc))
 
-    def _fail_waiters(self, exc: ChannelError) -> None:
+    def _fail_waiters(self, why: str) -> None:
         while self.waiters:
-            future = self.waiters.popleft()
-            if not future.done():
-                future.set_exception(ChannelError(str(exc)))
+            on_reply, timer = self.waiters.popleft()
+            timer.cancel()
+            on_reply(ChannelError(why))  # one instance each: a shared one would gather every traceback
 
 
 class ScriptChannel:
@@ -112,40 +121,49 @@ class ScriptChannel:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
-    async def call(self, *args: str | int | bytes) -> Any:
-        """One command's reply. Raises ChannelError or ReplyError."""
-        return await self._packed(_pack(args))
-
-    async def evalsha(self, sha: str, script: str, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
-        """EVALSHA with `keys` and `args` already in bulk form (see `bulk`), loading the script first
-        when Redis does not know it (after a restart or a SCRIPT FLUSH)."""
-        head = b"*%d\r\n%s%s%s" % (3 + len(keys) + len(args), _EVALSHA, bulk(sha), bulk(len(keys)))
-        packed = b"".join((head, *keys, *args))
-        try:
-            return await self._packed(packed)
-        except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        await self.call("SCRIPT", "LOAD", script)
-        return await self._packed(packed)
-
-    async def _packed(self, packed: bytes) -> Any:
+    def submit(self, packed: bytes, on_reply: OnReply) -> bool:
+        """Write a packed command now and have `on_reply` called with its reply; False (nothing
+        written) when there is no live connection: then `connect()` first."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
-            protocol = await self._connect()
-        return await self._send(protocol, packed)
+            return False
+        self._write(protocol, packed, on_reply)
+        return True
 
-    def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        protocol.waiters.append(future)
+    async def call(self, *args: str | int | bytes) -> Any:
+        """One command's reply, connecting first when needed. Raises ChannelError or ReplyError."""
+        return await self.send(_pack(args))
+
+    async def send(self, packed: bytes) -> Any:
+        """`call` for a command packed already."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self.connect()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._write(protocol, packed, functools.partial(_settle, future))
+        return await future
+
+    async def evalsha(self, packed: bytes, script: str) -> Any:
+        """An EVALSHA packed by `pack_evalsha`, loading `script` first when Redis does not know it
+        (after a restart or a SCRIPT FLUSH). Raises ChannelError or ReplyError."""
+        try:
+            return await self.send(packed)
+        except ReplyError as exc:
+            if not is_noscript(exc):
+                raise
+        await self.call("SCRIPT", "LOAD", script)
+        return await self.send(packed)
+
+    def _write(self, protocol: _Protocol, packed: bytes, on_reply: OnReply) -> None:
+        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, protocol, self._timeout)
+        protocol.waiters.append((on_reply, timer))
         assert protocol.transport is not None
         protocol.transport.write(packed)
-        timer = loop.call_later(self._timeout, _expire, protocol, future, self._timeout)
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
 
-    async def _connect(self) -> _Protocol:
+    async def connect(self) -> _Protocol:
+        """The live connection, opened now if there is none. Raises ChannelError."""
+        if self._protocol is not None and not self._protocol.lost:
+            return self._protocol
         # Concurrent callers share one attempt: a burst after a failure opens one connection, not many.
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
@@ -166,7 +184,9 @@ class ScriptChannel:
                 else:
                     _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._tls)
                 for command in self._setup:
-                    await self._send(protocol, _pack(command))
+                    future: asyncio.Future[Any] = loop.create_future()
+                    self._write(protocol, _pack(command), functools.partial(_settle, future))
+                    await future
         except (OSError, TimeoutError, ReplyError) as exc:
             error = ChannelError(f"cannot connect to Redis: {type(exc).__name__}: {exc}")
             if protocol is not None:
@@ -181,6 +201,18 @@ class ScriptChannel:
             self._protocol = None
 
 
-def _expire(protocol: _Protocol, future: asyncio.Future[Any], timeout: float) -> None:
-    if not future.done():
-        protocol.fail(ChannelError(f"no reply from Redis within {timeout} s"))
+def is_noscript(reply: object) -> bool:
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+    if future.done():
+        return
+    if isinstance(reply, (ChannelError, ReplyError)):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
+
+
+def _expire(protocol: _Protocol, timeout: float) -> None:
+    protocol.fail(ChannelError(f"no reply from Redis within {timeout} s"))

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from fastproxy.ratelimit.redis_limiter import connect
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel
+from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, pack_evalsha
 from tests.own_redis import OwnRedis
 
 
@@ -60,7 +60,7 @@ async def test_evalsha_loads_an_unknown_script(channel: ScriptChannel, redis_cli
     source = "return 'loaded-" + channel.__class__.__name__ + "'"
     sha = redis_client.register_script(source).sha
     await redis_client.script_flush()
-    assert await channel.evalsha(sha, source, [], []) == b"loaded-ScriptChannel"
+    assert await channel.evalsha(pack_evalsha(sha, [], []), source) == b"loaded-ScriptChannel"
 
 
 async def test_timeout_drops_the_connection_and_the_next_call_reconnects() -> None:
