@@ -266,14 +266,21 @@ end
 """
 
 
-def write_lua(path: Path, key: str, bodies: Sequence[str]) -> Path:
-    """A wrk script POSTing the bodies in turn with a Bearer key; done() prints one BENCH_JSON line."""
+def write_lua(
+    path: Path, key: str, bodies: Sequence[str], headers: Mapping[str, str] | None = None, delay_ms: float = 0
+) -> Path:
+    """A wrk script POSTing the bodies in turn with a Bearer key; done() prints one BENCH_JSON line.
+    `delay_ms`: a random pause of up to that long before each request."""
     quoted = ", ".join(f"[==[{b}]==]" for b in bodies)
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    pause = f"delay = function()\n  return math.random(0, {delay_ms:.0f})\nend\n" if delay_ms else ""
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        f"local bodies = {{{quoted}}}\n"
+        + extra
+        + pause
+        + f"local bodies = {{{quoted}}}\n"
         "wrk.body = bodies[1]\n"
         "local n = 0\n"
         # Only with several bodies: a request() function costs wrk a little per request.
@@ -288,12 +295,18 @@ def write_lua(path: Path, key: str, bodies: Sequence[str]) -> Path:
 
 
 def wrk(
-    url: str, lua: Path, seconds: float, conns: int, sample: Callable[[], None] | None = None, every: float = 0.5
+    url: str,
+    lua: Path,
+    seconds: float,
+    conns: int,
+    sample: Callable[[], None] | None = None,
+    every: float = 0.5,
+    timeout_s: float = 2.0,
 ) -> dict[str, Any]:
     """wrk -t1 on the load CPU; its done() line as a dict, plus rps and the error total."""
     secs = max(1, round(seconds))
-    argv = pinned(LOAD_CPU, [WRK, "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "-s", str(lua), url])
-    stdout = run_sampling(argv, secs + 60, sample, every)
+    argv = [WRK, "-t1", f"-c{conns}", f"-d{secs}s", f"--timeout={timeout_s:g}s", "--latency", "-s", str(lua), url]
+    stdout = run_sampling(pinned(LOAD_CPU, argv), secs + timeout_s + 60, sample, every)
     m = re.search(r"BENCH_JSON (\{.*\})", stdout)
     if not m:
         raise RuntimeError(f"wrk output unparsable:\n{stdout}")
