@@ -81,13 +81,26 @@ def ratios(res: dict[str, Runs], unit: str, targets: bool) -> list[str]:
         )
     feats = [n for n in res if n.startswith("+")]
     if feats and not math.isnan(bare):
-        out += ["", f"Cost of each feature on its own (CPU µs per {unit}, same run):", "",
-                "| configuration | µs | added over bare |", "|---|---:|---:|"]  # fmt: skip
+        out += ["", f"Cost of each feature on its own (CPU µs per {unit}, same run). \"Paired\": the median, "
+                "min and max over rounds of (configuration / bare in the same round); rounds interleave, so a "
+                "burst of other work on the box moves both sides of a pair.", "",
+                "| configuration | µs | added over bare | paired: median (min - max) |", "|---|---:|---:|---:|"]  # fmt: skip
         for n in [*feats, "full"]:
             us = cpu_of(res, n)
             if not math.isnan(us):
-                out.append(f"| {n} | {us:.0f} | {us - bare:+.0f} µs ({(us / bare - 1) * 100:+.0f} %) |")
+                out.append(
+                    f"| {n} | {us:.0f} | {us - bare:+.0f} µs ({(us / bare - 1) * 100:+.0f} %) | {paired(res, n)} |"
+                )
     return out
+
+
+def paired(res: dict[str, Runs], name: str) -> str:
+    """Per round, name's CPU per request over bare's; their median and range, as percentages."""
+    runs, base = res.get(name), res.get("bare")
+    if not isinstance(runs, list) or not isinstance(base, list) or len(runs) != len(base) or not runs:
+        return "-"
+    ratios = sorted(r["proxy_cpu_us"] / b["proxy_cpu_us"] - 1 for r, b in zip(runs, base, strict=True))
+    return f"{median(ratios) * 100:+.1f} % ({ratios[0] * 100:+.1f} - {ratios[-1] * 100:+.1f}), {len(ratios)} rounds"
 
 
 def slow_table(res: dict[str, Runs]) -> list[str]:
