@@ -225,7 +225,7 @@ def header(a: argparse.Namespace, load_before: tuple[float, float, float], pinni
         f"which starts Granian as `granian {' '.join(GRANIAN_FLAGS)}`; the reference runs under exactly these "
         f"flags); load generator, upstream and harness on CPU {LOAD_CPU}; "
         f'{pinning} (their CPU counts as "other")',
-        f"- flags: runs {a.runs} (interleaved rounds, median shown) x {a.duration:g} s nonstream / "
+        f"- flags: runs {a.runs} (interleaved rounds, the order rotated by one each round, median shown) x {a.duration:g} s nonstream / "
         f"{a.stream_duration:g} s stream; warm-up {a.warmup:g} s of the same load before every measured run; "
         f"concurrency {a.conns} connections (wrk -t1 -c{a.conns}); up to {a.quiet_wait:g} s wait for a quiet box "
         f"before each run; slow streams {a.slow_streams} and {a.many_streams} x {a.slow_chunks} chunks at "

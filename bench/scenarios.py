@@ -2,8 +2,9 @@
 
 Every scenario measures its baseline (the direct path, and where it applies the reference
 pass-through) in the same run, with the same upstream and load. Where a scenario has several runs,
-they are interleaved rounds (round 1: every target once, round 2: ...) so a burst of other work on
-the shared box hits every target alike rather than one target's consecutive runs.
+they are interleaved rounds (round 1: every target once, round 2: ..., each round starting one target
+further on in the closed-loop scenarios) so a burst of other work on the shared box hits every target
+alike rather than one target's consecutive runs.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def closed_loop(
     res: dict[str, list[Run] | str] = {n: [] for n in names}
     for rnd in range(a.runs):
         ctx.log(f"  round {rnd + 1}/{a.runs}")
-        for name in names:
+        # Each round starts one target further on: a target measured early in every round (a cooler,
+        # quieter box) would otherwise look cheaper than one measured late, round after round.
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             runs = res[name]
             if isinstance(runs, str):
                 continue  # failed once: do not keep retrying a broken configuration

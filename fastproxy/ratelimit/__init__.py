@@ -4,7 +4,8 @@ buckets  which buckets apply to a request (pure)
 replies  x-ratelimit-* headers and 429 errors (pure)
 core     admit / settle / levels over any bucket store
 local    in-process store: the embedded default and the fail-open fallback
-redis_limiter  the shared store: one Lua script, one round trip per admit and per settle
+redis_limiter  the shared store: one Lua script; concurrent admits share a call, settles are coalesced
+wire     the store's own pipelined Redis connection (the request path's only Redis I/O)
 """
 
 from __future__ import annotations
