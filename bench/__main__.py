@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n### Slow streams: {a.slow_chunks} chunks at {a.slow_delay_ms:g} ms "
                 f"(ideal {r['ideal_s']:.1f} s), starts spread over {a.slow_ramp_ms:g} ms, {a.slow_runs} run(s)\n",
                 f"Upstream: {r['upstream']}. Target: p99 within 5 % of the ideal, no errors. When the direct "
-                "row is already well over the ideal, CPU 1 (upstream + Python client) is the limit, and \"p99 "
+                "row is already well over the ideal, CPU 1 (upstream + load client) is the limit, and \"p99 "
                 "over direct\" is the proxy's share. fastproxy's upstream pool (FASTPROXY_POOL_SIZE, default "
                 "1024 per worker) bounds its concurrent upstream streams: beyond it, streams wait for a "
                 "connection.\n",
