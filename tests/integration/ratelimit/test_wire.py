@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from fastproxy.ratelimit.redis_limiter import connect
+from fastproxy.ratelimit.buckets import Bucket
+from fastproxy.ratelimit.core import StoreUnavailable
+from fastproxy.ratelimit.redis_limiter import RedisStore, connect
 from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, pack_evalsha
 from tests.own_redis import OwnRedis
 
@@ -100,3 +102,13 @@ async def test_nothing_listening_is_a_channel_error() -> None:
     ch = ScriptChannel({"host": "127.0.0.1", "port": port}, 1.0)
     with pytest.raises(ChannelError, match="cannot connect"):
         await ch.call("PING")
+
+
+async def test_an_unexpected_script_reply_fails_its_waiters(redis_url: str, redis_prefix: str) -> None:
+    store = RedisStore(connect(redis_url, 2.0), "return 1")  # not ratelimit.lua: one integer, not a list
+    bucket = Bucket(key=redis_prefix + "b", name="test", tokens=False, capacity=5, period=60)
+    try:
+        with pytest.raises(StoreUnavailable, match="unexpected reply"):
+            await asyncio.wait_for(store.take([bucket], [1]), 5)
+    finally:
+        await store.close()
