@@ -165,8 +165,11 @@ class ScriptChannel:
         if self._protocol is not None and not self._protocol.lost:
             return self._protocol
         # Concurrent callers share one attempt: a burst after a failure opens one connection, not many.
-        if self._connecting is None:
+        # (A finished attempt whose callers all left is stale: a new one starts.)
+        if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
+            # Read its outcome even if every caller is cancelled meanwhile (no "never retrieved" warning).
+            self._connecting.add_done_callback(lambda f: f.cancelled() or f.exception())
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
@@ -196,6 +199,9 @@ class ScriptChannel:
         return protocol
 
     def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         if self._protocol is not None:
             self._protocol.fail(ChannelError("channel closed"))
             self._protocol = None
