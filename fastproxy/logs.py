@@ -7,8 +7,7 @@ own thread write them, in the configured format, when the `fastproxy` level lets
 
 Access line fields (JSON): every RequestRecord field (request_id, method, path, endpoint, model, stream,
 status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, user_id, key_hint as
-`...abcd`, client_ip, disconnected, events, prompt_estimate, request_id_from_client, ts as RFC 3339
-UTC), then level, logger and the worker's pid.
+`...abcd`, client_ip, disconnected, events), then ts, level, logger and the worker's pid.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import queue
 import stat
 import sys
 import threading
+import time
 from collections import deque
 from datetime import UTC, datetime
 from typing import TextIO
@@ -61,14 +61,14 @@ def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
 class AccessLog:
     """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
-    The request path only appends the record to a deque (`write`, the observer). Every `interval`
-    seconds `run()` (a task lifespan owns) encodes what is there in one msgspec call (`encode_lines`),
-    adds the constant end of every line and the key hint's "..." with two bytes replaces over the
-    whole batch (no Python work per line), cuts it into chunks of whole lines (no larger than
-    PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it never interleave
-    mid-line) and hands them to the writer thread, which only does the blocking writes.
+    The request path only appends (time, record) to a deque (`write`, the observer). Every
+    `interval` seconds `run()` (a task lifespan owns) formats what is there into chunks of whole
+    lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
+    never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
+    Lines are bytes from msgspec to the file descriptor (no str round trip), one loop per batch with
+    no call per line: the formatting is most of the access log's cost (bench/instructions.py).
     `close()` formats and writes everything handed over, then stops the thread.
     """
 
@@ -76,16 +76,17 @@ class AccessLog:
         self._json = fmt == "json"
         self._stream = stream
         self._interval = interval
-        self._pending: deque[RequestRecord] = deque()
+        self._pending: deque[tuple[float, RequestRecord]] = deque()
         self._chunks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._chunk_limit = _PIPE_BUF
-        self._tail = _tail(os.getpid())
+        self._stamps = _Stamps(os.getpid())
         self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
-        # The observer: one deque append per request.
-        self.write = self._pending.append
+
+    def write(self, record: RequestRecord) -> None:
+        self._pending.append((time.time(), record))
 
     def start(self) -> None:
-        self._tail = _tail(os.getpid())
+        self._stamps = _Stamps(os.getpid())
         self._chunk_limit = _chunk_limit(self._stream or sys.stderr)
         self._thread.start()
 
@@ -105,15 +106,43 @@ class AccessLog:
             return
         batch = list(pending)
         pending.clear()
-        if self._json:
-            # A line ends with the record's `}` and a newline (msgspec escapes newlines inside strings),
-            # and `"key_hint":"` cannot occur inside a string (its quotes would be escaped): both
-            # replaces touch exactly one place per line.
-            blob = _encode_lines(batch).replace(b"}\n", self._tail).replace(b'"key_hint":"', _HINT)
+        lines = self._json_lines(batch) if self._json else [_text_line(ts, r).encode() for ts, r in batch]
+        limit = self._chunk_limit
+        chunks: list[bytes] = []
+        if sum(map(len, lines)) <= limit:
+            chunks.append(b"".join(lines))
         else:
-            blob = "".join(map(_text_line, batch)).encode()
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines:
+                if size + len(line) > limit and chunk:
+                    chunks.append(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            chunks.append(b"".join(chunk))
         # One put per drain: every wake-up of the thread is a GIL hand-over with the loop.
-        self._chunks.put(_whole_lines(blob, self._chunk_limit))
+        self._chunks.put(chunks)
+
+    def _json_lines(self, batch: list[tuple[float, RequestRecord]]) -> list[bytes]:
+        # The record's fields first (a line starts with {"request_id": tests and greps rely on it), then
+        # ts, level, logger and pid. key_hint holds the last 4 characters only; the "..." makes that
+        # plain to whoever reads the log (a quote inside a JSON string is escaped, so the first
+        # `"key_hint":"` is the key itself).
+        stamps = self._stamps
+        tail, millis = stamps.tail, _MILLIS
+        lines: list[bytes] = []
+        second, prefix = -1, b""
+        for ts, r in batch:
+            ms = int(ts * 1000)
+            if ms // 1000 != second:
+                second = ms // 1000
+                prefix = stamps.prefix(second)
+            body = _encode(r)
+            if r.key_hint:
+                body = body.replace(b'"key_hint":"', b'"key_hint":"...', 1)
+            lines.append(b"".join((body[:-1], prefix, millis[ms % 1000], tail)))
+        return lines
 
     def close(self) -> None:
         """Write every line handed over so far, then stop the writer thread."""
@@ -142,28 +171,25 @@ class AccessLog:
                 continue
 
 
-_encode_lines = msgspec.json.Encoder().encode_lines
-_HINT = b'"key_hint":"...'
+_MILLIS = tuple(b"%03d" % i for i in range(1000))
 
 
-def _tail(pid: int) -> bytes:
-    """What ends every JSON access line of this worker, after the record's fields."""
-    return b',"level":"info","logger":"%s","pid":%d}\n' % (ACCESS_LOGGER.encode(), pid)
+class _Stamps:
+    """The constant parts of a JSON access line's end: `,"ts":"<second>.` per second, and the rest."""
 
+    __slots__ = ("_prefix", "_second", "tail")
 
-def _whole_lines(blob: bytes, limit: int) -> list[bytes]:
-    """`blob` cut into chunks of whole lines, each at most `limit` bytes (a longer line goes alone)."""
-    if len(blob) <= limit:
-        return [blob]
-    chunks: list[bytes] = []
-    start = 0
-    while start < len(blob):
-        end = blob.rfind(b"\n", start, start + limit) + 1
-        if end <= start:  # one line longer than the limit
-            end = blob.find(b"\n", start) + 1 or len(blob)
-        chunks.append(blob[start:end])
-        start = end
-    return chunks
+    def __init__(self, pid: int) -> None:
+        self._second = -1
+        self._prefix = b""
+        self.tail = b'Z","level":"info","logger":"%s","pid":%d}\n' % (ACCESS_LOGGER.encode(), pid)
+
+    def prefix(self, second: int) -> bytes:
+        if second != self._second:
+            self._second = second
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._prefix = b',"ts":"' + stamp.encode() + b"."
+        return self._prefix
 
 
 def _chunk_limit(stream: TextIO) -> int:
@@ -187,9 +213,9 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _text_line(r: RequestRecord) -> str:
-    local = r.ts.astimezone()
-    parts = [f"{local:%Y-%m-%d %H:%M:%S},{local.microsecond // 1000:03d} access {r.status} {r.method} {r.path}"]
+def _text_line(ts: float, r: RequestRecord) -> str:
+    local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    parts = [f"{local},{int(ts * 1000) % 1000:03d} access {r.status} {r.method} {r.path}"]
     if r.model:
         parts.append(f"model={r.model}" + (" stream" if r.stream else ""))
     parts.append(f"{r.latency_ms:.1f}ms")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from fastproxy.lifespan import _open_access_log
-from fastproxy.logs import AccessLog, _chunk_limit, _whole_lines, configure_logging
+from fastproxy.logs import AccessLog, _chunk_limit, configure_logging
 from fastproxy.records import RequestRecord
 from fastproxy.schemas import TokenUsage
 from fastproxy.settings import Settings
@@ -113,15 +113,6 @@ def test_chunk_limit_by_kind_of_stderr(tmp_path: Path) -> None:
         assert _chunk_limit(pipe) == 4096
         assert _chunk_limit(file) > 4096
     assert _chunk_limit(io.StringIO()) == 4096
-
-
-def test_whole_lines_never_cut_a_line() -> None:
-    lines = [b"a" * 10 + b"\n", b"b" * 5000 + b"\n", b"c" * 3 + b"\n", b"d" * 4095 + b"\n"]
-    chunks = _whole_lines(b"".join(lines), 4096)
-    assert b"".join(chunks) == b"".join(lines)
-    assert all(c.endswith(b"\n") for c in chunks)
-    # Every chunk is within the limit, except a line that is longer on its own.
-    assert [len(c) for c in chunks] == [11, 5001, 4, 4096]
 
 
 def test_only_the_key_hint_field_gets_its_mark() -> None:
