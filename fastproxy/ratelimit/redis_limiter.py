@@ -2,7 +2,7 @@
 (ratelimit.lua); the operations of concurrent requests share one EVALSHA (RedisStore batches them), and
 the settles' reconciliations are coalesced further, per `settle_interval` (one per settle when it is 0).
 
-The script calls go over one lean pipelined connection per worker (wire.ScriptChannel: about a third
+The script calls go over one lean pipelined connection per worker (wire.ScriptChannel: under a third
 of redis-py's CPU per call), which runs EVALSHA and loads the script again when Redis answers NOSCRIPT
 (after a restart or a SCRIPT FLUSH); redis-py's `register_script` gives the script's SHA, and its
 client serves everything off the request path. Redis errors and timeouts never reach the handlers:
