@@ -10,7 +10,9 @@ from tests.services import free_port, reachable, wait_for_port
 
 
 class OwnRedis:
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
+        """`extra`: more redis-server arguments (e.g. "--requirepass", "secret")."""
+        self._extra = extra
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
@@ -25,7 +27,8 @@ class OwnRedis:
 
     def start(self) -> None:
         argv = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self._proc = subprocess.Popen([*argv, "--dir", self._dir.name], stdout=subprocess.DEVNULL)
+        argv += ["--dir", self._dir.name, *self._extra]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", self.port)
 
     def stop(self) -> None:

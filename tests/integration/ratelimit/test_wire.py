@@ -58,6 +58,25 @@ async def test_connects_to_the_database_of_the_url() -> None:
         server.close()
 
 
+async def test_authenticates_with_the_password_of_the_url() -> None:
+    server = OwnRedis("--requirepass", "s3cret")
+    server.start()
+    base = f"127.0.0.1:{server.port}/2"
+    good, bad = connect(f"redis://:s3cret@{base}", 2.0), connect(f"redis://:wrong@{base}", 2.0)
+    channels = [ScriptChannel(c.connection_pool.connection_kwargs, 2.0) for c in (good, bad)]
+    try:
+        await channels[0].call("SET", "who", "me")
+        assert await good.get("who") == b"me"  # AUTH, then SELECT 2: the same place as redis-py
+        with pytest.raises(ChannelError, match="cannot connect"):
+            await channels[1].call("GET", "who")
+    finally:
+        for ch in channels:
+            ch.close()
+        await good.aclose()
+        await bad.aclose()
+        server.close()
+
+
 async def test_evalsha_loads_an_unknown_script(channel: ScriptChannel, redis_client: Redis) -> None:
     source = "return 'loaded-" + channel.__class__.__name__ + "'"
     sha = redis_client.register_script(source).sha
