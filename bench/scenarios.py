@@ -173,7 +173,8 @@ def _streams_wrk(ctx: Ctx, t: Target, n: int, delay_ms: float, sanity: bytes, wi
     """`n` connections of wrk, each streaming one request after another for a few stream lengths.
 
     wrk (C, on the load CPU) reads 25,000 SSE events a second at a small fraction of what the Python
-    client needs, so the direct path runs at the ideal and the proxy is what the figures measure.
+    client needs. (The direct path still drifts past the ideal under load: nginx's sleeps are relative,
+    so a busy worker's lateness adds up over the chunks; "p99 over direct" is the proxy's share.)
     Its latency is each stream's time from send to last byte; a random pause of up to one chunk delay
     before each stream spreads the streams' phases (all in step, every chunk would be a burst).
     Events = bytes read x (events / bytes) of the sanity stream: streams still open at the end count
