@@ -258,7 +258,11 @@ def main(argv: list[str] | None = None) -> None:
     est = estimate_s(a)
     pinned_services = contextlib.ExitStack()
     pinning = pinned_services.enter_context(backing_services_on(LOAD_CPU))
-    hdr = header(a, load_before, pinning)
+    try:
+        hdr = header(a, load_before, pinning)
+    except BaseException:
+        pinned_services.close()  # put Redis and PostgreSQL back: the run never started
+        raise
     print("\n".join(hdr), flush=True)
     print(f"scenarios: {','.join(a.scenarios)}; estimated {est / 60:.1f} min; RLIMIT_NOFILE {nofile}", flush=True)
     out: dict[str, Any] = {"args": vars(a), "header": hdr}

@@ -6,10 +6,9 @@ an asyncio Protocol on the loop's own transport, replies parsed by hiredis (the 
 uses), each command packed with one join. It speaks only what the limiter needs (EVALSHA, SCRIPT LOAD,
 and AUTH / SELECT when it connects); everything else keeps using redis-py.
 
-`submit` hands a reply to a plain callback, called from the protocol's own data_received: a request
-waiting on the limiter resumes one loop iteration after the reply arrives, not three (a future's
-callbacks and a task's wake-up each cost an iteration, and a busy worker's iterations are long).
-Replies come back in the order the commands were written, so a queue of callbacks matches them. When
+`submit` hands a reply to a plain callback, called from the protocol's own data_received, so the
+limiter needs no task per call (its added latency at a moderate rate did not change with it, though:
+bench/RESULTS.md). Replies come back in the order the commands were written, so a queue of callbacks matches them. When
 a reply does not come in time, the connection is dropped (later replies could no longer be matched to
 their callers) and the next command opens a new one.
 

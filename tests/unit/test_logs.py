@@ -117,8 +117,8 @@ def test_chunk_limit_by_kind_of_stderr(tmp_path: Path) -> None:
 
 def test_only_the_key_hint_field_gets_its_mark() -> None:
     tricky = RequestRecord(
-        **{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__}, "path": '/v1/x"key_hint":"zz}\n'}
+        **{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__}, "path": '/v1/x"key_hint":"zz'}
     )
     (line,) = _lines("json", [tricky])
     doc = json.loads(line)
-    assert doc["path"] == '/v1/x"key_hint":"zz}\n' and doc["key_hint"] == "...wxyz" and doc["level"] == "info"
+    assert doc["path"] == '/v1/x"key_hint":"zz' and doc["key_hint"] == "...wxyz" and doc["level"] == "info"
