@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -66,7 +67,12 @@ async def test_expressions_name_only_exported_metrics(http: httpx.AsyncClient, p
     chat = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
     await http.post(proxy.url + "/v1/chat/completions", json=chat)
     await http.post(proxy.url + "/v1/chat/completions", json={**chat, "stream": True})
-    text = (await http.get(proxy.url + "/metrics")).text
+    # The stream's record reaches the observers just after its last byte: give it a moment.
+    for _ in range(40):
+        text = (await http.get(proxy.url + "/metrics")).text
+        if "fastproxy_upstream_ttfb_seconds_bucket" in text:
+            break
+        await asyncio.sleep(0.05)
     scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     # The real exposition names only declared metrics, and declared ones cover the metrics not yet sampled.
     assert "fastproxy_requests_total" in scraped and "fastproxy_upstream_ttfb_seconds_bucket" in scraped
