@@ -37,8 +37,8 @@ import math
 import os
 from bisect import bisect_right
 from collections.abc import Iterable
-from itertools import groupby
-from operator import attrgetter
+from itertools import groupby, repeat
+from operator import attrgetter, truediv
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
@@ -46,6 +46,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from fastproxy.records import RequestRecord
+from fastproxy.schemas import TokenUsage
 
 # An LLM gateway's requests last from milliseconds (cached embeddings) to many minutes (reasoning streams).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -57,8 +58,11 @@ log = logging.getLogger("fastproxy.metrics")
 _REQUEST_KEY = attrgetter("endpoint", "model", "status", "upstream_status")
 _ENDPOINT = attrgetter("endpoint")
 _LABEL_KEY = attrgetter("model", "status", "upstream_status")
-_PROMPT = attrgetter("usage.prompt")
-_COMPLETION = attrgetter("usage.completion")
+_USAGE = attrgetter("usage")
+_PROMPT = attrgetter("prompt")
+_COMPLETION = attrgetter("completion")
+# A record's (model, status, upstream_status): what decides its model label.
+_LabelKey = tuple[str | None, int, int | None]
 OTHER_MODEL = "other"
 NO_MODEL = "none"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -206,40 +210,63 @@ class Metrics:
 
     def _derive(self, records: list[RequestRecord]) -> None:
         # Model labels in first-seen order, so the bounded slots go to the models seen first.
-        labels: dict[tuple[str | None, int, int | None], str] = {}
+        labels: dict[_LabelKey, str] = {}
         requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
         for (endpoint, model, status, upstream_status), n in collections.Counter(map(_REQUEST_KEY, records)).items():
             label = labels.get((model, status, upstream_status))
             if label is None:
                 label = labels[model, status, upstream_status] = self._model_label(model, status, upstream_status)
             requests[endpoint, label, _STATUS_CLASS[status // 100] if 0 <= status < 600 else "5xx"] += n
+        endpoints: set[str] = set()
         for request_labels, n in requests.items():
             self.requests.labels(*request_labels).inc(n)
-        used = [r for r in records if r.usage is not None]
-        used.sort(key=_LABEL_KEY)
-        for key, group in groupby(used, _LABEL_KEY):
-            batch = list(group)
-            label = labels[key]
-            prompt, completion = sum(map(_PROMPT, batch)), sum(map(_COMPLETION, batch))
+            endpoints.add(request_labels[0])
+        self._count_tokens(records, labels)
+        for r in [r for r in records if r.error is not None or r.status >= 400]:
+            self._count_failure(r)
+        # Usually one endpoint carries the whole batch: no sort then.
+        if len(endpoints) == 1:
+            groups: Iterable[tuple[str, Iterable[RequestRecord]]] = ((endpoints.pop(), records),)
+        else:
+            records.sort(key=_ENDPOINT)
+            groups = groupby(records, _ENDPOINT)
+        overheads: list[float] = []
+        for endpoint, batch in groups:
+            # Milliseconds, as the records hold them: _Batch buckets them against bounds in milliseconds.
+            latencies: list[float] = []
+            upstreams: list[float] = []
+            ttfbs: list[float] = []
+            for r in batch:
+                latencies.append(r.latency_ms)
+                sent = r.proxy_ms
+                if sent is not None:
+                    overheads.append(sent)
+                    if r.upstream_status is not None:
+                        upstreams.append(r.latency_ms - sent)
+                        if r.stream and r.ttfb_ms is not None:
+                            ttfbs.append(r.ttfb_ms - sent)
+            total, upstream, ttfb = self._timings_of(endpoint)
+            total.add_all(latencies)
+            upstream.add_all(upstreams)
+            ttfb.add_all(ttfbs)
+        self._overhead.add_all(overheads)
+
+    def _count_tokens(self, records: list[RequestRecord], labels: dict[_LabelKey, str]) -> None:
+        if len(set(labels.values())) == 1:
+            # Every record has the same model label (the usual batch): sum without grouping.
+            groups: Iterable[tuple[str, list[TokenUsage]]] = (
+                (next(iter(labels.values())), [r.usage for r in records if r.usage is not None]),
+            )
+        else:
+            used = [r for r in records if r.usage is not None]
+            used.sort(key=_LABEL_KEY)
+            groups = ((labels[key], list(map(_USAGE, group))) for key, group in groupby(used, _LABEL_KEY))
+        for label, usages in groups:
+            prompt, completion = sum(map(_PROMPT, usages)), sum(map(_COMPLETION, usages))
             if prompt:
                 self.tokens.labels(label, "prompt").inc(prompt)
             if completion:
                 self.tokens.labels(label, "completion").inc(completion)
-        for r in [r for r in records if r.error is not None or r.status >= 400]:
-            self._count_failure(r)
-        records.sort(key=_ENDPOINT)
-        overheads: list[float] = []
-        for endpoint, group in groupby(records, _ENDPOINT):
-            batch = list(group)
-            total, upstream, ttfb = self._timings_of(endpoint)
-            total.add_all([r.latency_ms / 1000 for r in batch])
-            went = [r for r in batch if r.proxy_ms is not None]
-            overheads += [r.proxy_ms / 1000 for r in went]  # type: ignore[operator]
-            answered = [r for r in went if r.upstream_status is not None]
-            upstream.add_all([(r.latency_ms - r.proxy_ms) / 1000 for r in answered])  # type: ignore[operator]
-            streams = [r for r in answered if r.stream and r.ttfb_ms is not None]
-            ttfb.add_all([(r.ttfb_ms - r.proxy_ms) / 1000 for r in streams])  # type: ignore[operator]
-        self._overhead.add_all(overheads)
 
     def _timings_of(self, endpoint: str) -> tuple[_Batch, _Batch, _Batch]:
         timings = self._timings.get(endpoint)
@@ -365,7 +392,7 @@ class Metrics:
 
 
 class _Batch:
-    """Adds a batch of observations to one histogram child at once."""
+    """Adds a batch of observations, in milliseconds, to one histogram child (in seconds) at once."""
 
     __slots__ = ("bounds", "child")
 
@@ -374,25 +401,37 @@ class _Batch:
         # prometheus-client's own bounds (ending in +Inf); a value v belongs to the first bound >= v.
         # Its private per-bucket values are touched here, not first at flush, so that a client version
         # without them fails at startup (Metrics() builds one batch) instead of in the flush task.
-        self.bounds: list[float] = list(child._upper_bounds)
+        self.bounds: list[float] = [_in_ms(bound) for bound in child._upper_bounds]
         if len(child._buckets) != len(self.bounds) or not hasattr(child._sum, "inc"):
             raise RuntimeError("unsupported prometheus-client: Histogram internals changed")
 
-    def add_all(self, values: list[float]) -> None:
-        if not values:
+    def add_all(self, ms: list[float]) -> None:
+        if not ms:
             return
-        values.sort()
+        ms.sort()
         # Histogram has no public bulk observe: add to the per-bucket values `observe` would add to.
         buckets = self.child._buckets
         below = 0
         for i, bound in enumerate(self.bounds):
-            upto = bisect_right(values, bound, below)  # values <= bound
+            upto = bisect_right(ms, bound, below)  # values <= bound
             if upto > below:
                 buckets[i].inc(upto - below)
                 below = upto
-            if below == len(values):
+            if below == len(ms):
                 break
-        self.child._sum.inc(math.fsum(values))
+        self.child._sum.inc(math.fsum(map(truediv, ms, repeat(1000.0))))
+
+
+def _in_ms(seconds: float) -> float:
+    """The largest x such that x / 1000 <= seconds: x <= it exactly when observe(x / 1000) falls in the bucket."""
+    if math.isinf(seconds):
+        return seconds
+    x = seconds * 1000
+    while x / 1000 > seconds:
+        x = math.nextafter(x, -math.inf)
+    while math.nextafter(x, math.inf) / 1000 <= seconds:
+        x = math.nextafter(x, math.inf)
+    return x
 
 
 def prune_dead_workers(path: str) -> None:

@@ -80,6 +80,26 @@ def test_models_beyond_the_bound_and_refused_models_are_other(metrics: Metrics) 
     assert _value(metrics, "fastproxy_tokens_total", model="other", kind="prompt") == 14
 
 
+def test_one_flush_of_several_endpoints_and_models(metrics: Metrics) -> None:
+    """The grouped paths of a flush: timings per endpoint, tokens per model label, in one batch."""
+    metrics.observe(_record(latency_ms=100.0, usage=TokenUsage(prompt=1, completion=2, total=3)))
+    metrics.observe(_record(endpoint="embeddings", model="emb", latency_ms=30.0, usage=TokenUsage(prompt=4)))
+    metrics.observe(_record(stream=True, model="gpt-b", ttfb_ms=10.5, usage=TokenUsage(prompt=5, completion=6)))
+    metrics.observe(_record(status=502, upstream_status=None, usage=None, proxy_ms=None, error="upstream_error"))
+    assert _value(metrics, "fastproxy_request_duration_seconds_count", endpoint="chat.completions") == 3
+    assert _value(metrics, "fastproxy_request_duration_seconds_count", endpoint="embeddings") == 1
+    assert _value(metrics, "fastproxy_request_duration_seconds_sum", endpoint="embeddings") == pytest.approx(0.03)
+    # Only requests that reached the upstream have an upstream time; only the stream has a TTFB.
+    assert _value(metrics, "fastproxy_upstream_duration_seconds_count", endpoint="chat.completions") == 2
+    assert _value(metrics, "fastproxy_upstream_ttfb_seconds_sum", endpoint="chat.completions") == pytest.approx(0.01)
+    assert _value(metrics, "fastproxy_proxy_overhead_seconds_count") == 3
+    assert _value(metrics, "fastproxy_tokens_total", model="gpt-a", kind="prompt") == 1
+    assert _value(metrics, "fastproxy_tokens_total", model="emb", kind="prompt") == 4
+    assert _value(metrics, "fastproxy_tokens_total", model="emb", kind="completion") == 0
+    assert _value(metrics, "fastproxy_tokens_total", model="other", kind="completion") == 6
+    assert _value(metrics, "fastproxy_upstream_errors_total", kind="protocol") == 1
+
+
 def test_request_without_model_is_none(metrics: Metrics) -> None:
     metrics.observe(_record(endpoint="models", model=None, usage=None, method="GET", path="/v1/models"))
     assert _value(metrics, "fastproxy_requests_total", endpoint="models", model="none", status="2xx") == 1
