@@ -101,6 +101,7 @@ def main() -> None:
                 shift = cycle % len(order)
                 row_cpu = [0.0] * len(targets)
                 row_reqs = [0] * len(targets)
+                util = [0.0] * len(targets)
                 for i in order[shift:] + order[:shift]:
                     t = targets[i]
                     win = CpuWindow({"proxy": t.pid})
@@ -110,9 +111,12 @@ def main() -> None:
                     if r["errors"] or r["requests"] == 0:
                         raise SystemExit(f"{labels[i]}: {r['errors']} errors in cycle {cycle + 1}; logs in {work}")
                     row_cpu[i], row_reqs[i] = used["proxy"], r["requests"]
+                    util[i] = used["proxy"] / used["wall"]
                 cpu.append(row_cpu)
                 reqs.append(row_reqs)
-                per = "  ".join(f"{labels[i]} {row_cpu[i] / row_reqs[i] * 1e6:.0f}" for i in order)
+                per = "  ".join(
+                    f"{labels[i]} {row_cpu[i] / row_reqs[i] * 1e6:.0f} ({util[i] * 100:.0f}% core)" for i in order
+                )
                 print(f"cycle {cycle + 1}/{a.cycles}: µs CPU/request  {per}", flush=True)
         finally:
             for t in targets:
