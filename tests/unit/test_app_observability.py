@@ -124,3 +124,43 @@ async def test_no_metrics_route_when_off_or_on_its_own_port(running: FastProxy) 
     assert resp["status"] == 404
     # The proxy works the same without metrics.
     assert (await _request(running, "POST", "/v1/chat/completions", CHAT))["status"] == 200
+
+
+class _Stuck(_Upstream):
+    """An upstream that never answers."""
+
+    async def send(
+        self, method: str, url: str, headers: HeaderList, body: bytes, *, stream: bool = False
+    ) -> UpstreamResponse:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_in_flight_ends_however_the_request_ends() -> None:
+    app = FastProxy(Settings(access_log=False, auth="none", database_url=""), upstream_factory=lambda s: _Stuck())
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, outbox.put))
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    assert app.state is not None and app.state.metrics is not None
+    metrics = app.state.metrics
+    try:
+        # Cancelled while waiting for the upstream (the server dropped the task).
+        stuck = asyncio.ensure_future(_request(app, "POST", "/v1/chat/completions", CHAT))
+        for _ in range(100):
+            if metrics._in_flight == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics._in_flight == 1
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        assert metrics._in_flight == 0
+        # Refused by the proxy itself.
+        assert (await _request(app, "POST", "/v1/chat/completions", b"{not json"))["status"] == 400
+        assert metrics._in_flight == 0
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await lifespan
