@@ -151,7 +151,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     # Counted inline, not by a wrapping coroutine: that would add a frame to every suspension.
     metrics = state.metrics
     if metrics is not None:
-        metrics.started()
+        metrics.serving += 1
     try:
         principal = await state.auth.authenticate(authorization)
         declared = _parse_length(content_length) if content_length is not None else -1
@@ -183,7 +183,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         out.status, out.disconnected = 499, True
     finally:
         if metrics is not None:
-            metrics.finished()
+            metrics.serving -= 1
     record = RequestRecord(
         request_id=request_id.decode(),
         method=scope["method"],

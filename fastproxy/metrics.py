@@ -20,8 +20,8 @@ Label rules (series must stay bounded whatever clients send):
 - `kind` / `reason` / `outcome`: small fixed vocabularies listed at each method.
 Key ids and user ids are never labels.
 
-Cost: the request path only adds to plain per-worker dicts and lists (observe() costs about as much
-as a few dict updates); `flush()` moves the sums into prometheus-client, every `metrics_flush_interval`
+Cost: the request path only adds 1 to and takes 1 from `serving` and appends the record to a list
+(`observe` is that list's append); `flush()` moves the sums into prometheus-client, every `metrics_flush_interval`
 seconds (1 by default; a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
 worker's latest second may therefore be missing from a scrape; nothing is counted twice, and only a
 worker killed outright (SIGKILL, OOM) loses its last unflushed second.
@@ -36,7 +36,7 @@ import logging
 import math
 import os
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import groupby, repeat
 from operator import attrgetter, truediv
 
@@ -170,32 +170,21 @@ class Metrics:
             self.registry = own
         # Finished requests since the last flush; flush() derives every request metric from them.
         self._records: list[RequestRecord] = []
+        # The observer (State.observers calls it with every finished request's record): the list's own
+        # append, a C call with no Python frame; flush() derives the metrics of the whole batch.
+        self.observe: Callable[[RequestRecord], None] = self._records.append
         self._costs: list[tuple[str | None, float]] = []
         self._models: set[str] = set()
         self._timings: dict[str, tuple[_Batch, _Batch, _Batch]] = {}
         self._overhead = _Batch(self.proxy_overhead)
-        self._in_flight = 0
-
-    # --- the observer -----------------------------------------------------------------------------
-
-    def started(self) -> None:
-        """A proxied request began (the handler calls this and `finished` around every request)."""
-        self._in_flight += 1
-
-    def finished(self) -> None:
-        self._in_flight -= 1
-
-    def observe(self, r: RequestRecord) -> None:
-        """Keep a finished request for the next flush (State.observers calls this).
-
-        The request path pays one list append; flush() derives the metrics of the whole batch, counting
-        and bucketing with C-level helpers (Counter, sort, bisect) instead of Python work per request.
-        """
-        self._records.append(r)
+        # Proxied requests being served now: the handler adds 1 when one starts and takes 1 when it
+        # ends, however it ends. A plain attribute rather than two methods: it runs twice per request.
+        self.serving = 0
 
     def flush(self) -> None:
         """Move what is pending into prometheus-client. Call on the event loop's thread only."""
-        records, self._records = self._records, []
+        records = self._records.copy()  # the list itself stays: `observe` is its append
+        self._records.clear()
         if records:
             self._derive(records)
         if self._costs:
@@ -206,7 +195,7 @@ class Metrics:
                 spent[label] = spent.get(label, 0.0) + usd
             for label, usd in spent.items():
                 self.cost.labels(label).inc(usd)
-        self.in_flight.set(self._in_flight)
+        self.in_flight.set(self.serving)
 
     def _derive(self, records: list[RequestRecord]) -> None:
         # Model labels in first-seen order, so the bounded slots go to the models seen first.
@@ -324,7 +313,7 @@ class Metrics:
     def rate_limited(self, kind: str) -> None:
         """A request refused by the proxy's limits. `kind`: rate (rpm/tpm/rpd/tpd) or budget (quota).
 
-        observe() already calls this for every proxy-side 429 record; call it directly only for
+        flush() already counts every proxy-side 429 record; call it directly only for
         rejections that never produce a record.
         """
         self.rate_limit_rejections.labels(kind).inc()
@@ -419,7 +408,7 @@ class _Batch:
                 below = upto
             if below == len(ms):
                 break
-        self.child._sum.inc(math.fsum(map(truediv, ms, repeat(1000.0))))
+        self.child._sum.inc(sum(map(truediv, ms, repeat(1000.0))))
 
 
 def _in_ms(seconds: float) -> float:

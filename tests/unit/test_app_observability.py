@@ -149,17 +149,17 @@ async def test_in_flight_ends_however_the_request_ends() -> None:
         # Cancelled while waiting for the upstream (the server dropped the task).
         stuck = asyncio.ensure_future(_request(app, "POST", "/v1/chat/completions", CHAT))
         for _ in range(100):
-            if metrics._in_flight == 1:
+            if metrics.serving == 1:
                 break
             await asyncio.sleep(0.01)
-        assert metrics._in_flight == 1
+        assert metrics.serving == 1
         stuck.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stuck
-        assert metrics._in_flight == 0
+        assert metrics.serving == 0
         # Refused by the proxy itself.
         assert (await _request(app, "POST", "/v1/chat/completions", b"{not json"))["status"] == 400
-        assert metrics._in_flight == 0
+        assert metrics.serving == 0
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
         assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
