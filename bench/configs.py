@@ -117,3 +117,13 @@ def proxy_configs() -> dict[str, ProxyConfig]:
 # Targets that are not fastproxy: "direct" (load straight at the upstream) and "reference" (the
 # minimal aiohttp pass-through, bench/reference.py, under the same Granian flags as fastproxy).
 BASELINES = ("direct", "reference")
+
+
+def named_configs(arg: str) -> tuple[dict[str, ProxyConfig], list[str]]:
+    """Every configuration, and the names a comma-separated command-line argument asks for (all known)."""
+    configs = proxy_configs()
+    names = arg.split(",")
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(configs)}")
+    return configs, names

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from bench.configs import KEY_LIMITS, proxy_configs
+from bench.configs import KEY_LIMITS, named_configs
 from bench.harness import CHAT_BODY, PY, REPO, backing, free_port, scratch_dir, spawn, start_nginx, stop, wait_port
 from bench.targets import UNUSED_KEY, clean_env
 from fastproxy.settings import Settings
@@ -122,11 +122,7 @@ def main() -> None:
     p.add_argument("--dilation", type=float, default=30.0, help="factor applied to every periodic interval")
     p.add_argument("--keep", type=Path, help="copy the callgrind files here (for callgrind_annotate)")
     a = p.parse_args()
-    configs = proxy_configs()
-    names = a.configs.split(",")
-    unknown = [n for n in names if n not in configs]
-    if unknown:
-        raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(configs)}")
+    configs, names = named_configs(a.configs)
     rows: list[tuple[str, float, str]] = []
     started = time.monotonic()
     with scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.configs import KEY_LIMITS, proxy_configs
+from bench.configs import KEY_LIMITS, named_configs
 from bench.harness import (
     CHAT_BODY,
     HERE,
@@ -72,11 +72,7 @@ def main() -> None:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--results", type=Path, help="append the markdown table to this file")
     a = p.parse_args()
-    configs = proxy_configs()
-    names = a.configs.split(",")
-    unknown = [n for n in names if n not in configs]
-    if unknown:
-        raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(configs)}")
+    configs, names = named_configs(a.configs)
     labels = names + ([] if a.no_control else [CONTROL])
     started = time.monotonic()
     cpu: list[list[float]] = []
