@@ -120,10 +120,21 @@ BASELINES = ("direct", "reference")
 
 
 def named_configs(arg: str) -> tuple[dict[str, ProxyConfig], list[str]]:
-    """Every configuration, and the names a comma-separated command-line argument asks for (all known)."""
+    """Every configuration, and the names a comma-separated command-line argument asks for (all known).
+
+    A name may carry settings of its own after `@`: `+metrics+log@FASTPROXY_METRICS_FLUSH_INTERVAL=0.1`
+    is +metrics+log with that variable set too (one `@VAR=value` per setting).
+    """
     configs = proxy_configs()
     names = arg.split(",")
+    for name in names:
+        base, *settings = name.split("@")
+        if settings and base in configs:
+            extra = dict(setting.split("=", 1) for setting in settings if "=" in setting)
+            if len(extra) == len(settings):
+                known = configs[base]
+                configs[name] = ProxyConfig(name, {**known.env, **extra}, known.key)
     unknown = [n for n in names if n not in configs]
     if unknown:
-        raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(configs)}")
+        raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(configs)} (each may add @VAR=value)")
     return configs, names

@@ -2,6 +2,7 @@
 
     python -m bench.interleaved                                    # bare, +metrics+log, and bare again
     python -m bench.interleaved --configs bare,+metrics --cycles 30 --slice 3
+    python -m bench.interleaved --rounds 8 --cycles 8              # 8 sets of fresh processes, pooled
 
 The suite's closed-loop rounds restart each proxy for each round and measure its configurations
 minutes apart; on a shared 2-core VM the CPU per request then moves by 15-30 points between rounds,
@@ -13,6 +14,12 @@ completed. Per configuration: the pooled CPU per request (all its slices' CPU ov
 and its ratio to the first configuration, with a 95 % bootstrap interval over cycles and the median
 and range of the per-cycle ratios. The first configuration is started twice (`control`): its ratio
 to itself is the method's own error, shown beside the others.
+
+A proxy process keeps an offset of a few percent for its whole life (memory layout, hash seed, where
+its pages landed): the control's ratio is 0.96-1.03 from one start to the next, which resampling the
+cycles of one start cannot see. `--rounds R` therefore starts every proxy afresh R times (the start
+order rotating too) and pools the rounds; the interval then resamples whole rounds, then cycles
+within each, so it covers both the per-start offset and the load's noise.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.configs import KEY_LIMITS, named_configs
+from bench.configs import KEY_LIMITS, ProxyConfig, named_configs
 from bench.harness import (
     CHAT_BODY,
     HERE,
     LOAD_CPU,
+    Backing,
     CpuWindow,
     backing,
     backing_services_on,
@@ -47,26 +55,95 @@ CHAT = "/v1/chat/completions"
 CONTROL = "control"
 
 
-def _bootstrap(cpu: list[list[float]], reqs: list[list[int]], i: int, rounds: int = 2000) -> tuple[float, float]:
-    """95 % interval of pooled-CPU-per-request ratio (column i over column 0), resampling whole cycles."""
+# One slice's figures: [proxy][cycle] for one start of the proxies (a round).
+Round = tuple[list[list[float]], list[list[int]]]
+
+
+def _bootstrap(rounds: list[Round], i: int, draws: int = 2000) -> tuple[float, float]:
+    """95 % interval of the pooled CPU-per-request ratio (proxy i over proxy 0).
+
+    Resamples whole rounds (fresh processes: their offsets), then whole cycles within each drawn round
+    (the load's noise); with one round only the cycles are resampled.
+    """
     rng = random.Random(7)
-    n = len(cpu)
     ratios = []
-    for _ in range(rounds):
-        pick = [rng.randrange(n) for _ in range(n)]
-        a = sum(cpu[k][0] for k in pick) / sum(reqs[k][0] for k in pick)
-        b = sum(cpu[k][i] for k in pick) / sum(reqs[k][i] for k in pick)
-        ratios.append(b / a)
+    for _ in range(draws):
+        a_cpu = a_req = b_cpu = b_req = 0.0
+        picked = [rng.choice(rounds) for _ in rounds] if len(rounds) > 1 else rounds
+        for cpu, reqs in picked:
+            n = len(cpu[0])
+            for k in (rng.randrange(n) for _ in range(n)):
+                a_cpu += cpu[0][k]
+                a_req += reqs[0][k]
+                b_cpu += cpu[i][k]
+                b_req += reqs[i][k]
+        ratios.append((b_cpu / b_req) / (a_cpu / a_req))
     ratios.sort()
-    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+
+
+def _pooled(rounds: list[Round], i: int) -> float:
+    return sum(sum(cpu[i]) for cpu, _ in rounds) / sum(sum(reqs[i]) for _, reqs in rounds)
+
+
+def _round(
+    a: argparse.Namespace,
+    labels: list[str],
+    names: list[str],
+    configs: dict[str, ProxyConfig],
+    upstream: str,
+    bk: Backing,
+    work: Path,
+    number: int,
+) -> Round:
+    """Start every proxy afresh (the start order rotated by `number`), run the cycles, stop them."""
+    order = list(range(len(labels)))
+    order = order[number % len(order) :] + order[: number % len(order)]
+    targets: dict[int, Target] = {}
+    cpu = [[0.0] * a.cycles for _ in labels]
+    reqs = [[0] * a.cycles for _ in labels]
+    try:
+        for i in order:
+            targets[i] = start_target(names[0] if labels[i] == CONTROL else labels[i], configs, upstream, bk, work)
+        luas = {}
+        for i in order:
+            t = targets[i]
+            reply = post(t.base + CHAT, CHAT_BODY, t.key)
+            if b'"chat.completion"' not in reply:
+                raise SystemExit(f"{t.name}: unexpected reply {reply[:200]!r}")
+            luas[i] = write_lua(work / f"load-{t.pid}.lua", t.key, [CHAT_BODY])
+            wrk(t.base + CHAT, luas[i], a.warmup, a.conns)
+        for cycle in range(a.cycles):
+            shift = cycle % len(order)
+            util = [0.0] * len(labels)
+            for i in order[shift:] + order[:shift]:
+                t = targets[i]
+                win = CpuWindow({"proxy": t.pid})
+                win.start()
+                r = wrk(t.base + CHAT, luas[i], a.slice, a.conns)
+                used = win.stop()
+                if r["errors"] or r["requests"] == 0:
+                    raise SystemExit(f"{labels[i]}: {r['errors']} errors in cycle {cycle + 1}; logs in {work}")
+                cpu[i][cycle], reqs[i][cycle] = used["proxy"], r["requests"]
+                util[i] = used["proxy"] / used["wall"]
+            per = "  ".join(
+                f"{labels[i]} {cpu[i][cycle] / reqs[i][cycle] * 1e6:.0f} ({util[i] * 100:.0f}% core)"
+                for i in range(len(labels))
+            )
+            print(f"round {number + 1}/{a.rounds} cycle {cycle + 1}/{a.cycles}: µs CPU/request  {per}", flush=True)
+    finally:
+        for t in targets.values():
+            t.close()
+    return cpu, reqs
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="bare,+metrics+log", help="the first one is the baseline")
-    p.add_argument("--cycles", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=1, help="times every proxy is started afresh")
+    p.add_argument("--cycles", type=int, default=30, help="cycles per round")
     p.add_argument("--slice", type=float, default=3.0, help="seconds of load per proxy per cycle")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load per proxy before the first cycle")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load per proxy before a round's first cycle")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--no-control", action="store_true", help="do not start the baseline a second time")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -75,71 +152,41 @@ def main() -> None:
     configs, names = named_configs(a.configs)
     labels = names + ([] if a.no_control else [CONTROL])
     started = time.monotonic()
-    cpu: list[list[float]] = []
-    reqs: list[list[int]] = []
+    rounds: list[Round] = []
     with scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk, backing_services_on(LOAD_CPU) as placed:
         work = Path(tmp)
         nginx, nginx_port = start_nginx(work)
-        upstream = f"http://127.0.0.1:{nginx_port}"
-        targets: list[Target] = []
         try:
-            for label in labels:
-                targets.append(start_target(names[0] if label == CONTROL else label, configs, upstream, bk, work))
-            luas = []
-            for t in targets:
-                reply = post(t.base + CHAT, CHAT_BODY, t.key)
-                if b'"chat.completion"' not in reply:
-                    raise SystemExit(f"{t.name}: unexpected reply {reply[:200]!r}")
-                luas.append(write_lua(work / f"load-{t.pid}.lua", t.key, [CHAT_BODY]))
-                wrk(t.base + CHAT, luas[-1], a.warmup, a.conns)
-            order = list(range(len(targets)))
-            for cycle in range(a.cycles):
-                shift = cycle % len(order)
-                row_cpu = [0.0] * len(targets)
-                row_reqs = [0] * len(targets)
-                util = [0.0] * len(targets)
-                for i in order[shift:] + order[:shift]:
-                    t = targets[i]
-                    win = CpuWindow({"proxy": t.pid})
-                    win.start()
-                    r = wrk(t.base + CHAT, luas[i], a.slice, a.conns)
-                    used = win.stop()
-                    if r["errors"] or r["requests"] == 0:
-                        raise SystemExit(f"{labels[i]}: {r['errors']} errors in cycle {cycle + 1}; logs in {work}")
-                    row_cpu[i], row_reqs[i] = used["proxy"], r["requests"]
-                    util[i] = used["proxy"] / used["wall"]
-                cpu.append(row_cpu)
-                reqs.append(row_reqs)
-                per = "  ".join(
-                    f"{labels[i]} {row_cpu[i] / row_reqs[i] * 1e6:.0f} ({util[i] * 100:.0f}% core)" for i in order
-                )
-                print(f"cycle {cycle + 1}/{a.cycles}: µs CPU/request  {per}", flush=True)
+            for number in range(a.rounds):
+                rounds.append(_round(a, labels, names, configs, f"http://127.0.0.1:{nginx_port}", bk, work, number))
         finally:
-            for t in targets:
-                t.close()
             stop(nginx)
 
     lines = [
         f"Interleaved CPU per request: {len(labels)} proxies up at once on CPU 0, wrk -t1 -c{a.conns} "
-        f"loading one at a time for {a.slice:g} s, {a.cycles} cycles, order rotated each cycle; "
+        f"loading one at a time for {a.slice:g} s, {a.cycles} cycles per round, order rotated each cycle; "
+        f"{a.rounds} round{'s' if a.rounds > 1 else ''} (every proxy started afresh each round); "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {(time.monotonic() - started) / 60:.1f} min. "
         f"{placed}.",
         "",
         f"| configuration | µs CPU / request (pooled) | over {names[0]} (pooled) | 95 % interval "
-        "| per-cycle ratio: median (min…max) | requests |",
+        f"| per-{'round' if a.rounds > 1 else 'cycle'} ratio: median (min…max) | requests |",
         "|---|---:|---:|---|---|---:|",
     ]
-    result: dict[str, Any] = {"labels": labels, "cpu_s": cpu, "requests": reqs, "args": vars(a) | {"results": None}}
-    base = sum(c[0] for c in cpu) / sum(r[0] for r in reqs)
+    base = _pooled(rounds, 0)
     for i, label in enumerate(labels):
-        pooled = sum(c[i] for c in cpu) / sum(r[i] for r in reqs)
-        total = sum(r[i] for r in reqs)
+        pooled = _pooled(rounds, i)
+        total = sum(sum(reqs[i]) for _, reqs in rounds)
         if i == 0:
             lines.append(f"| {label} | {pooled * 1e6:.1f} | | | | {total:,} |")
             continue
-        lo, hi = _bootstrap(cpu, reqs, i)
-        ratios = [(c[i] / r[i]) / (c[0] / r[0]) for c, r in zip(cpu, reqs, strict=True)]
+        lo, hi = _bootstrap(rounds, i)
+        if a.rounds > 1:
+            ratios = [_pooled([r], i) / _pooled([r], 0) for r in rounds]
+        else:
+            cpu, reqs = rounds[0]
+            ratios = [(cpu[i][k] / reqs[i][k]) / (cpu[0][k] / reqs[0][k]) for k in range(a.cycles)]
         lines.append(
             f"| {label} | {pooled * 1e6:.1f} | {(pooled / base - 1) * 100:+.1f} % "
             f"| {(lo - 1) * 100:+.1f} … {(hi - 1) * 100:+.1f} % "
@@ -152,6 +199,11 @@ def main() -> None:
     print("\n" + text)
     out = HERE / "out"
     out.mkdir(exist_ok=True)
+    result: dict[str, Any] = {
+        "labels": labels,
+        "rounds": [{"cpu_s": cpu, "requests": reqs} for cpu, reqs in rounds],
+        "args": vars(a) | {"results": None},
+    }
     (out / f"interleaved-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result))
     if a.results:
         with a.results.open("a") as f:
