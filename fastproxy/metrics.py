@@ -22,9 +22,9 @@ Key ids and user ids are never labels.
 
 Cost: the request path only adds 1 to and takes 1 from `serving` and appends the record to a list
 (`observe` is that list's append); `flush()` moves the sums into prometheus-client, every `metrics_flush_interval`
-seconds (1 by default; a task lifespan owns), before each render on the rendering worker, and at shutdown. Another
-worker's latest second may therefore be missing from a scrape; nothing is counted twice, and only a
-worker killed outright (SIGKILL, OOM) loses its last unflushed second.
+seconds (0.05 by default; a task lifespan owns), before each render on the rendering worker, and at shutdown.
+Another worker's latest 50 ms may therefore be missing from a scrape; nothing is counted twice, and only a
+worker killed outright (SIGKILL, OOM) loses what it had not flushed.
 """
 
 from __future__ import annotations
