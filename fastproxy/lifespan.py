@@ -21,7 +21,7 @@ from fastproxy.readiness import ReadinessCheck, upstream_check
 from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
-from fastproxy.tasks import stop_task
+from fastproxy.tasks import every, stop_task
 from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.usage.setup import open_usage
 
@@ -39,6 +39,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             readiness: dict[str, ReadinessCheck] = {}
             metrics = _open_metrics(settings, stack)
             access = _open_access_log(settings, stack)
+            _drain_records(settings, stack, access, metrics)
             store = await _open_store(settings, stack, readiness)
             redis = await _open_redis(settings, stack, readiness)
             auth: Authenticator = OpenAccess()
@@ -106,18 +107,33 @@ def _open_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Metri
         log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics covers this worker only (use `fastproxy serve`)")
     metrics = Metrics(max_models=settings.metrics_max_models)
     stack.callback(metrics.close)  # the last flush, after every other component has reported
-    _own_task(stack, metrics.flush_periodically(settings.metrics_flush_interval))
     return metrics
 
 
 def _open_access_log(settings: Settings, stack: contextlib.AsyncExitStack) -> AccessLog | None:
     if not settings.access_log or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
         return None
-    access = AccessLog(settings.log_format, interval=settings.access_log_interval)
+    access = AccessLog(settings.log_format)
     access.start()
     stack.callback(access.close)  # writes every line handed over
-    _own_task(stack, access.run())
     return access
+
+
+def _drain_records(
+    settings: Settings, stack: contextlib.AsyncExitStack, access: AccessLog | None, metrics: Metrics | None
+) -> None:
+    """Start the tasks that format the access lines and flush the metrics of the records queued meanwhile.
+
+    Both read the same records: at the same interval (the default) one task does both, one right after
+    the other, so the second reads records the first has just brought into the CPU's caches.
+    """
+    steps: dict[float, list[Callable[[], None]]] = {}
+    if access is not None:
+        steps.setdefault(settings.access_log_interval, []).append(access.drain)
+    if metrics is not None:
+        steps.setdefault(settings.metrics_flush_interval, []).append(metrics.flush)
+    for interval, calls in steps.items():
+        _own_task(stack, every(interval, calls))
 
 
 async def _open_store(

@@ -12,7 +12,6 @@ status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, us
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import logging.handlers
@@ -62,8 +61,8 @@ class AccessLog:
     """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
     The request path only appends (time, record) to a deque (`write`, the observer). Every
-    `interval` seconds `run()` (a task lifespan owns) formats what is there into chunks of whole
-    lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
+    `access_log_interval` seconds a task lifespan owns calls `drain()`, which formats what is there into
+    chunks of whole lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
     never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
@@ -72,10 +71,9 @@ class AccessLog:
     `close()` formats and writes everything handed over, then stops the thread.
     """
 
-    def __init__(self, fmt: str = "json", stream: TextIO | None = None, interval: float = 0.05) -> None:
+    def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self._json = fmt == "json"
         self._stream = stream
-        self._interval = interval
         self._pending: deque[tuple[float, RequestRecord]] = deque()
         self._chunks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._chunk_limit = _PIPE_BUF
@@ -89,15 +87,6 @@ class AccessLog:
         self._stamps = _Stamps(os.getpid())
         self._chunk_limit = _chunk_limit(self._stream or sys.stderr)
         self._thread.start()
-
-    async def run(self) -> None:
-        """Format pending lines every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                self.drain()
-            except Exception:
-                logging.getLogger("fastproxy").exception("access log formatting failed")
 
     def drain(self) -> None:
         """Format every pending record and hand the chunks to the writer thread (one hand-over per call)."""

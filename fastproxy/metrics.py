@@ -22,14 +22,13 @@ Key ids and user ids are never labels.
 
 Cost: the request path only adds 1 to and takes 1 from `serving` and appends the record to a list
 (`observe` is that list's append); `flush()` moves the sums into prometheus-client, every `metrics_flush_interval`
-seconds (0.05 by default; a task lifespan owns), before each render on the rendering worker, and at shutdown.
+seconds (0.05 by default; lifespan's periodic task), before each render on the rendering worker, and at shutdown.
 Another worker's latest 50 ms may therefore be missing from a scrape; nothing is counted twice, and only a
 worker killed outright (SIGKILL, OOM) loses what it had not flushed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import glob
 import logging
@@ -266,16 +265,6 @@ class Metrics:
                 _Batch(self.upstream_ttfb.labels(endpoint)),
             )
         return timings
-
-    async def flush_periodically(self, interval: float) -> None:
-        """Flush every `interval` seconds until cancelled (lifespan owns the task)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.flush()
-            except Exception:
-                # A bug here must not end the flushing for the life of the worker.
-                log.exception("metrics flush failed")
 
     def _model_label(self, model: str | None, status: int, upstream_status: int | None) -> str:
         if model is None:

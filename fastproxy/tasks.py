@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("fastproxy")
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:
@@ -13,3 +17,18 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def every(interval: float, steps: Sequence[Callable[[], None]]) -> None:
+    """Call each of `steps`, in order, every `interval` seconds until cancelled.
+
+    A step that raises is logged and the others still run: a bug in one must not end the task for the
+    life of the worker.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("%s failed", getattr(step, "__qualname__", step))

@@ -35,7 +35,7 @@ RECORD = RequestRecord(
 
 def _lines(fmt: str, records: list[RequestRecord]) -> list[str]:
     out = io.StringIO()
-    log = AccessLog(fmt, stream=out, interval=0.01)
+    log = AccessLog(fmt, stream=out)
     log.start()
     for r in records:
         log.write(r)
@@ -81,7 +81,7 @@ def test_writes_are_whole_lines_within_pipe_buf() -> None:
             return super().write(s)
 
     out = Recorder()
-    log = AccessLog("json", stream=out, interval=0.01)
+    log = AccessLog("json", stream=out)
     for _ in range(100):
         log.write(RECORD)
     log.start()
