@@ -60,7 +60,7 @@ def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
 class AccessLog:
     """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
-    The request path only appends (time, record) to a deque (`write`, the observer). Every
+    The request path only appends the time and the record to deques (`write`, the observer). Every
     `access_log_interval` seconds a task lifespan owns calls `drain()`, which formats what is there into
     chunks of whole lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
     never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
@@ -74,14 +74,20 @@ class AccessLog:
     def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self._json = fmt == "json"
         self._stream = stream
-        self._pending: deque[tuple[float, RequestRecord]] = deque()
+        # When each record was handed over, and the record: two deques, not one of (time, record)
+        # tuples, because a tuple is tracked by the garbage collector (a float and a gc=False record
+        # are not) and hundreds alive until the next drain would make its young-generation passes
+        # more frequent and longer.
+        self._times: deque[float] = deque()
+        self._records: deque[RequestRecord] = deque()
         self._chunks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._chunk_limit = _PIPE_BUF
         self._stamps = _Stamps(os.getpid())
         self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
 
     def write(self, record: RequestRecord) -> None:
-        self._pending.append((time.time(), record))
+        self._times.append(time.time())
+        self._records.append(record)
 
     def start(self) -> None:
         self._stamps = _Stamps(os.getpid())
@@ -90,12 +96,15 @@ class AccessLog:
 
     def drain(self) -> None:
         """Format every pending record and hand the chunks to the writer thread (one hand-over per call)."""
-        pending = self._pending
-        if not pending:
+        if not self._records:
             return
-        batch = list(pending)
-        pending.clear()
-        lines = self._json_lines(batch) if self._json else [_text_line(ts, r).encode() for ts, r in batch]
+        times, records = list(self._times), list(self._records)
+        self._times.clear()
+        self._records.clear()
+        if self._json:
+            lines = self._json_lines(times, records)
+        else:
+            lines = [_text_line(ts, r).encode() for ts, r in zip(times, records, strict=True)]
         limit = self._chunk_limit
         chunks: list[bytes] = []
         if sum(map(len, lines)) <= limit:
@@ -113,7 +122,7 @@ class AccessLog:
         # One put per drain: every wake-up of the thread is a GIL hand-over with the loop.
         self._chunks.put(chunks)
 
-    def _json_lines(self, batch: list[tuple[float, RequestRecord]]) -> list[bytes]:
+    def _json_lines(self, times: list[float], records: list[RequestRecord]) -> list[bytes]:
         # The record's fields first (a line starts with {"request_id": tests and greps rely on it), then
         # ts, level, logger and pid. key_hint holds the last 4 characters only; the "..." makes that
         # plain to whoever reads the log (a quote inside a JSON string is escaped, so the first
@@ -122,7 +131,7 @@ class AccessLog:
         tail, millis = stamps.tail, _MILLIS
         lines: list[bytes] = []
         second, prefix = -1, b""
-        for ts, r in batch:
+        for ts, r in zip(times, records, strict=True):
             ms = int(ts * 1000)
             if ms // 1000 != second:
                 second = ms // 1000
