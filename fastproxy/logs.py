@@ -61,9 +61,10 @@ class AccessLog:
     """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
     The request path only appends the time and the record to deques (`write`, the observer). Every
-    `access_log_interval` seconds a task lifespan owns calls `drain()`, which formats what is there into
-    chunks of whole lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several workers sharing it
-    never interleave mid-line) and hands them to the writer thread, which only does the blocking writes.
+    `access_log_interval` seconds a task lifespan owns calls `drain()`, which formats what is there
+    into chunks of whole lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several
+    workers sharing it never interleave mid-line) and hands them to the writer thread, which only does
+    the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
     Lines are bytes from msgspec to the file descriptor (no str round trip), one loop per batch with
