@@ -3,6 +3,7 @@
     python -m bench.interleaved                                    # bare, +metrics+log, and bare again
     python -m bench.interleaved --configs bare,+metrics --cycles 30 --slice 3
     python -m bench.interleaved --rounds 8 --cycles 8              # 8 sets of fresh processes, pooled
+    python -m bench.interleaved --pool bench/out/interleaved-A.json bench/out/interleaved-B.json
 
 The suite's closed-loop rounds restart each proxy for each round and measure its configurations
 minutes apart; on a shared 2-core VM the CPU per request then moves by 15-30 points between rounds,
@@ -137,6 +138,51 @@ def _round(
     return cpu, reqs
 
 
+def _rows(labels: list[str], rounds: list[Round]) -> list[str]:
+    """The markdown table: pooled CPU per request of each proxy, and its ratio to the first one."""
+    per = "round" if len(rounds) > 1 else "cycle"
+    lines = [
+        f"| configuration | µs CPU / request (pooled) | over {labels[0]} (pooled) | 95 % interval "
+        f"| per-{per} ratio: median (min…max) | requests |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    base = _pooled(rounds, 0)
+    for i, label in enumerate(labels):
+        pooled = _pooled(rounds, i)
+        total = sum(sum(reqs[i]) for _, reqs in rounds)
+        if i == 0:
+            lines.append(f"| {label} | {pooled * 1e6:.1f} | | | | {total:,} |")
+            continue
+        lo, hi = _bootstrap(rounds, i)
+        if len(rounds) > 1:
+            ratios = [_pooled([r], i) / _pooled([r], 0) for r in rounds]
+        else:
+            cpu, reqs = rounds[0]
+            ratios = [(cpu[i][k] / reqs[i][k]) / (cpu[0][k] / reqs[0][k]) for k in range(len(cpu[0]))]
+        lines.append(
+            f"| {label} | {pooled * 1e6:.1f} | {(pooled / base - 1) * 100:+.1f} % "
+            f"| {(lo - 1) * 100:+.1f} … {(hi - 1) * 100:+.1f} % "
+            f"| {(median(ratios) - 1) * 100:+.1f} % ({(min(ratios) - 1) * 100:+.1f} … {(max(ratios) - 1) * 100:+.1f} %) "
+            f"| {total:,} |"
+        )
+    return lines
+
+
+def _pool(files: list[Path]) -> None:
+    """Print the table of the rounds of several saved runs, for the proxies every one of them ran."""
+    runs = [json.loads(f.read_text()) for f in files]
+    labels = [label for label in runs[0]["labels"] if all(label in run["labels"] for run in runs)]
+    if len(labels) < 2 or any(run["labels"][0] != labels[0] for run in runs):
+        raise SystemExit("the runs share no baseline and at least one other proxy")
+    rounds: list[Round] = []
+    for run in runs:
+        index = [run["labels"].index(label) for label in labels]
+        for r in run["rounds"]:
+            rounds.append(([r["cpu_s"][i] for i in index], [r["requests"][i] for i in index]))
+    print(f"Pooled: {len(rounds)} rounds from {len(files)} runs ({', '.join(f.name for f in files)}).\n")
+    print("\n".join(_rows(labels, rounds)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="bare,+metrics+log", help="the first one is the baseline")
@@ -148,7 +194,13 @@ def main() -> None:
     p.add_argument("--no-control", action="store_true", help="do not start the baseline a second time")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--results", type=Path, help="append the markdown table to this file")
+    p.add_argument(
+        "--pool", type=Path, nargs="+", metavar="JSON", help="only pool saved runs (bench/out/interleaved-*.json)"
+    )
     a = p.parse_args()
+    if a.pool:
+        _pool(a.pool)
+        return
     configs, names = named_configs(a.configs)
     labels = names + ([] if a.no_control else [CONTROL])
     started = time.monotonic()
@@ -170,29 +222,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {(time.monotonic() - started) / 60:.1f} min. "
         f"{placed}.",
         "",
-        f"| configuration | µs CPU / request (pooled) | over {names[0]} (pooled) | 95 % interval "
-        f"| per-{'round' if a.rounds > 1 else 'cycle'} ratio: median (min…max) | requests |",
-        "|---|---:|---:|---|---|---:|",
     ]
-    base = _pooled(rounds, 0)
-    for i, label in enumerate(labels):
-        pooled = _pooled(rounds, i)
-        total = sum(sum(reqs[i]) for _, reqs in rounds)
-        if i == 0:
-            lines.append(f"| {label} | {pooled * 1e6:.1f} | | | | {total:,} |")
-            continue
-        lo, hi = _bootstrap(rounds, i)
-        if a.rounds > 1:
-            ratios = [_pooled([r], i) / _pooled([r], 0) for r in rounds]
-        else:
-            cpu, reqs = rounds[0]
-            ratios = [(cpu[i][k] / reqs[i][k]) / (cpu[0][k] / reqs[0][k]) for k in range(a.cycles)]
-        lines.append(
-            f"| {label} | {pooled * 1e6:.1f} | {(pooled / base - 1) * 100:+.1f} % "
-            f"| {(lo - 1) * 100:+.1f} … {(hi - 1) * 100:+.1f} % "
-            f"| {(median(ratios) - 1) * 100:+.1f} % ({(min(ratios) - 1) * 100:+.1f} … {(max(ratios) - 1) * 100:+.1f} %) "
-            f"| {total:,} |"
-        )
+    lines += _rows(labels, rounds)
     if not a.no_control:
         lines.append(f"\n`{CONTROL}` is a second {names[0]} proxy: its row is the method's own error.")
     text = "\n".join(lines)
