@@ -56,7 +56,7 @@ CHAT = "/v1/chat/completions"
 CONTROL = "control"
 
 
-# One slice's figures: [proxy][cycle] for one start of the proxies (a round).
+# One round (one start of every proxy): CPU seconds and completed requests, each indexed [proxy][cycle].
 Round = tuple[list[list[float]], list[list[int]]]
 
 
@@ -173,7 +173,7 @@ def _pool(files: list[Path]) -> None:
     runs = [json.loads(f.read_text()) for f in files]
     labels = [label for label in runs[0]["labels"] if all(label in run["labels"] for run in runs)]
     if len(labels) < 2 or any(run["labels"][0] != labels[0] for run in runs):
-        raise SystemExit("the runs share no baseline and at least one other proxy")
+        raise SystemExit("the runs must share their baseline (first configuration) and at least one other proxy")
     rounds: list[Round] = []
     for run in runs:
         index = [run["labels"].index(label) for label in labels]
