@@ -12,6 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from fastproxy.auth import Authenticator, KeyAuthenticator, OpenAccess
+from fastproxy.heap import settled_heap
 from fastproxy.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.lastused import LastUsedWriter
 from fastproxy.logs import ACCESS_LOGGER, AccessLog, configure_logging
@@ -77,6 +78,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 observers += (metrics.observe,)
             if usage is not None:
                 observers += (usage.observer,)
+            # Last: everything built so far lives as long as the worker.
+            stack.enter_context(settled_heap(settings.gc_young_threshold))
             yield State(
                 settings=settings,
                 upstream=upstream,

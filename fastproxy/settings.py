@@ -117,6 +117,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     provider_name: str = "openai"
     # How often each worker pushes its spend to Redis and reads back every budgeted key's and user's total.
     budget_sync_interval: Seconds = 0.5
+    # Once a worker has started, its heap is frozen out of the garbage collector's full passes and the
+    # young generation is collected every this many net container allocations (Python's default: 700,
+    # below a loaded worker's in-flight objects); 0 leaves the collector as Python sets it (fastproxy/heap.py).
+    gc_young_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
