@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, scenarios
-from bench.configs import BASELINES, KEY_LIMITS, proxy_configs
+from bench.configs import BASELINES, KEY_LIMITS, named_configs, proxy_configs
 from bench.harness import (
     HERE,
     LOAD_CPU,
@@ -148,12 +148,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(ALL)}")
     valid = {*BASELINES, *names}
+    extra: list[str] = []
     for opt in ("configs", "stream_configs", "slow_configs", "many_configs", "latency_configs", "memory_configs"):
         vals = [c for c in getattr(args, opt).split(",") if c]
-        bad = set(vals) - valid
+        # NAME@VAR=value: a known configuration with settings of its own (bench.configs.named_configs).
+        bad = {v for v in vals if v not in valid and v.split("@", 1)[0] not in valid - set(BASELINES)}
         if bad:
-            ap.error(f"--{opt.replace('_', '-')}: unknown {sorted(bad)}; choose from {','.join(sorted(valid))}")
+            ap.error(
+                f"--{opt.replace('_', '-')}: unknown {sorted(bad)}; choose from {','.join(sorted(valid))} "
+                "(a fastproxy configuration may add @VAR=value)"
+            )
+        extra += [v for v in vals if v not in valid]
         setattr(args, opt, vals)
+    args.extra_configs = extra
     return args
 
 
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    configs = proxy_configs()
+    configs = named_configs(",".join(a.extra_configs))[0] if a.extra_configs else proxy_configs()
     with pinned_services, scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk:
         ctx = scenarios.Ctx(a, Path(tmp), bk, configs, log)
         if "nonstream" in a.scenarios:
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n### Slow streams: {a.slow_chunks} chunks at {a.slow_delay_ms:g} ms "
                 f"(ideal {r['ideal_s']:.1f} s), starts spread over {a.slow_ramp_ms:g} ms, {a.slow_runs} run(s)\n",
                 f"Upstream: {r['upstream']}. Target: p99 within 5 % of the ideal, no errors. When the direct "
-                "row is already well over the ideal, CPU 1 (upstream + load client) is the limit, and \"p99 "
+                'row is already well over the ideal, CPU 1 (upstream + load client) is the limit, and "p99 '
                 "over direct\" is the proxy's share. fastproxy's upstream pool (FASTPROXY_POOL_SIZE, default "
                 "1024 per worker) bounds its concurrent upstream streams: beyond it, streams wait for a "
                 "connection.\n",
