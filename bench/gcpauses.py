@@ -22,22 +22,17 @@ from pathlib import Path
 
 from bench.configs import KEY_LIMITS, named_configs
 from bench.harness import (
-    CHAT_BODY,
     HERE,
     LOAD_CPU,
     CpuWindow,
     backing,
     backing_services_on,
-    post,
     scratch_dir,
     start_nginx,
     stop,
-    write_lua,
     wrk,
 )
-from bench.targets import start_target
-
-CHAT = "/v1/chat/completions"
+from bench.targets import chat_load, start_target
 
 
 def _pauses(probe_dir: Path, since: float, until: float) -> list[tuple[int, float]]:
@@ -73,14 +68,12 @@ def main() -> None:
                 t = start_target(name, configs, f"http://127.0.0.1:{nginx_port}", bk, work)
                 try:
                     assert t.pid is not None
-                    if b'"chat.completion"' not in post(t.base + CHAT, CHAT_BODY, t.key):
-                        raise SystemExit(f"{name}: no chat completion")
-                    lua = write_lua(work / f"load-{t.pid}.lua", t.key, [CHAT_BODY])
-                    wrk(t.base + CHAT, lua, 3, a.conns)
+                    url, lua = chat_load(t, work)
+                    wrk(url, lua, 3, a.conns)
                     win = CpuWindow({"proxy": t.pid})
                     since = time.time()
                     win.start()
-                    r = wrk(t.base + CHAT, lua, a.seconds, a.conns)
+                    r = wrk(url, lua, a.seconds, a.conns)
                     used = win.stop()
                     until = time.time()
                     time.sleep(1.5)  # the probes' next dump

@@ -35,24 +35,20 @@ from typing import Any
 
 from bench.configs import KEY_LIMITS, ProxyConfig, named_configs
 from bench.harness import (
-    CHAT_BODY,
     HERE,
     LOAD_CPU,
     Backing,
     CpuWindow,
     backing,
     backing_services_on,
-    post,
     scratch_dir,
     start_nginx,
     stop,
-    write_lua,
     wrk,
 )
 from bench.stats import median
-from bench.targets import Target, start_target
+from bench.targets import Target, chat_load, start_target
 
-CHAT = "/v1/chat/completions"
 CONTROL = "control"
 
 
@@ -106,14 +102,10 @@ def _round(
     try:
         for i in order:
             targets[i] = start_target(names[0] if labels[i] == CONTROL else labels[i], configs, upstream, bk, work)
-        luas = {}
+        loads = {}
         for i in order:
-            t = targets[i]
-            reply = post(t.base + CHAT, CHAT_BODY, t.key)
-            if b'"chat.completion"' not in reply:
-                raise SystemExit(f"{t.name}: unexpected reply {reply[:200]!r}")
-            luas[i] = write_lua(work / f"load-{t.pid}.lua", t.key, [CHAT_BODY])
-            wrk(t.base + CHAT, luas[i], a.warmup, a.conns)
+            loads[i] = chat_load(targets[i], work)
+            wrk(*loads[i], a.warmup, a.conns)
         for cycle in range(a.cycles):
             shift = cycle % len(order)
             util = [0.0] * len(labels)
@@ -121,7 +113,7 @@ def _round(
                 t = targets[i]
                 win = CpuWindow({"proxy": t.pid})
                 win.start()
-                r = wrk(t.base + CHAT, luas[i], a.slice, a.conns)
+                r = wrk(*loads[i], a.slice, a.conns)
                 used = win.stop()
                 if r["errors"] or r["requests"] == 0:
                     raise SystemExit(f"{labels[i]}: {r['errors']} errors in cycle {cycle + 1}; logs in {work}")

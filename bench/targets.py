@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.configs import ProxyConfig
-from bench.harness import PROXY_CPU, PY, REPO, Backing, free_port, pinned, spawn, stop, wait_port
+from bench.harness import (
+    CHAT_BODY,
+    PROXY_CPU,
+    PY,
+    REPO,
+    Backing,
+    free_port,
+    pinned,
+    post,
+    spawn,
+    stop,
+    wait_port,
+    write_lua,
+)
 
 # fastproxy serve starts Granian with exactly these (fastproxy/cli.py _granian); the reference gets
 # the same so the two differ only in the application.
@@ -18,6 +31,7 @@ GRANIAN_FLAGS = [
     "--log-level", "warning", "--no-access-log", "--host", "127.0.0.1",
 ]  # fmt: skip
 UNUSED_KEY = "sk-bench-unused"
+CHAT = "/v1/chat/completions"
 
 
 @dataclass
@@ -88,3 +102,12 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
         target.close()
         raise
     return target
+
+
+def chat_load(target: Target, workdir: Path) -> tuple[str, Path]:
+    """Check that `target` answers the suite's chat request; the URL and the wrk script that load it."""
+    url = target.base + CHAT
+    reply = post(url, CHAT_BODY, target.key)
+    if b'"chat.completion"' not in reply:
+        raise SystemExit(f"{target.name}: unexpected reply {reply[:200]!r}")
+    return url, write_lua(workdir / f"load-{target.pid}.lua", target.key, [CHAT_BODY])
