@@ -4,10 +4,10 @@
     python -m bench.native --configs bare,full --rounds 2 --top 40
 
 bench.interleaved says *how much* a feature adds; py-spy sees Python frames only, and callgrind's
-instruction counts are not time. This samples every thread of each proxy (fastproxy serve, 1 Granian
-worker, CPU 0) with `perf record -e cpu-clock` (a software clock: it needs no hardware counters,
-which VMs often lack) while wrk loads it, then charges the samples to shared object and symbol and
-divides by the requests wrk completed: µs of CPU per request per symbol, so two configurations can
+instruction counts are not time. This samples CPU 0, where each proxy runs (fastproxy serve, 1
+Granian worker), with `perf record -e cpu-clock` (a software clock: it needs no hardware counters,
+which VMs often lack) while wrk loads one proxy, keeps the samples of that proxy's threads, charges
+them to shared object and symbol and divides by the requests wrk completed: µs of CPU per request per symbol, so two configurations can
 be subtracted line by line. Python functions show up as the interpreter's C functions that ran them
 (`_PyEval_EvalFrameDefault`, allocation, GC, dict and unicode work): enough to tell "more bytecode"
 from "more allocation" from "more collection" from "more kernel". Rounds start the proxies afresh,
@@ -79,7 +79,7 @@ def _record(pid: int, url: str, lua: Path, seconds: float, conns: int, freq: int
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.3)  # perf attaches to every thread before the load starts
+        time.sleep(0.3)  # perf is recording before the load starts
         r = wrk(url, lua, seconds, conns)
     finally:
         perf.send_signal(2)
@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of sampled load per proxy per round")
     p.add_argument("--conns", type=int, default=64)
-    p.add_argument("--freq", type=int, default=2999, help="samples per second per thread")
+    p.add_argument("--freq", type=int, default=2999, help="samples per second of CPU 0")
     p.add_argument("--top", type=int, default=30, help="rows: the symbols whose difference is largest")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     a = p.parse_args()
@@ -136,8 +136,8 @@ def main() -> None:
 
     base = names[0]
     print(f"\nµs of CPU per request by symbol ({a.rounds} rounds x {a.seconds:g} s, perf cpu-clock at {a.freq} Hz)\n")
-    # perf sometimes fails to resolve a run's symbols (seen once in a few short runs here): its samples
-    # then land on raw addresses and every symbol row of that configuration is wrong. Show it.
+    # Without libpython's symbols (a stripped build) the samples land on raw addresses and every
+    # Python row would be wrong: the table says how many did.
     print("| configuration | sampled µs / request | libpython samples without a symbol |\n|---|---:|---:|")
     for n in names:
         python = {k: v for k, v in samples[n].items() if k.startswith("libpython")}
