@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, time
 from typing import Any
 
 import msgspec
@@ -206,6 +206,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         events=out.events,
         prompt_estimate=out.prompt_estimate,
         request_id_from_client=id_from_client,
+        ts=time(),
+        pid=state.pid,
     )
     for observe in state.observers:
         observe(record)

@@ -91,6 +91,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 upstream_headers=headers,
                 metrics=metrics,
                 readiness=readiness,
+                pid=os.getpid(),
                 store=store,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
             )

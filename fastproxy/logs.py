@@ -5,9 +5,11 @@ event loop never blocks on a slow stderr. The access log bypasses `logging` (a L
 microseconds per request): AccessLog queues each RequestRecord, formats them in batches and has its
 own thread write them, in the configured format, when the `fastproxy` level lets INFO through.
 
-Access line fields (JSON): every RequestRecord field (request_id, method, path, endpoint, model, stream,
-status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, user_id, key_hint as
-`...abcd`, client_ip, disconnected, events), then ts, level, logger and the worker's pid.
+Access line fields (JSON): every RequestRecord field, in its order: request_id, method, path, endpoint,
+model, stream, status, upstream_status, usage, latency_ms, ttfb_ms, proxy_ms, error, key_id, user_id,
+key_hint (the key's last 4 characters), client_ip, disconnected, events, prompt_estimate,
+request_id_from_client, then ts (Unix seconds, as in every JSON log line), level, logger and the
+worker's pid.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import queue
 import stat
 import sys
 import threading
-import time
 from collections import deque
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import TextIO
 
 import msgspec
@@ -35,7 +37,7 @@ _encode = msgspec.json.encode
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": _clock(record.created), "level": record.levelname.lower(), "logger": record.name}
+        doc: dict[str, object] = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name}
         doc["message"] = record.getMessage()
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -60,38 +62,30 @@ def configure_logging(level: str, fmt: str) -> logging.handlers.QueueListener:
 class AccessLog:
     """One line per request, formatted in batches on the event loop and written by a thread of its own.
 
-    The request path only appends the time and the record to deques (`write`, the observer). Every
-    `access_log_interval` seconds a task lifespan owns calls `drain()`, which formats what is there
-    into chunks of whole lines (no larger than PIPE_BUF when stderr is a pipe, so the lines of several
-    workers sharing it never interleave mid-line) and hands them to the writer thread, which only does
-    the blocking writes.
+    The request path only appends the record to a deque (`write` is the deque's own append: a C
+    call, no Python frame). Every `access_log_interval` seconds a task lifespan owns calls `drain()`,
+    which formats what is there into chunks of whole lines (no larger than PIPE_BUF when stderr is a
+    pipe, so the lines of several workers sharing it never interleave mid-line) and hands them to the
+    writer thread, which only does the blocking writes.
     Formatting stays on the loop's thread on purpose: a second thread doing Python work competes for
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
-    Lines are bytes from msgspec to the file descriptor (no str round trip), one loop per batch with
-    no call per line: the formatting is most of the access log's cost (bench/instructions.py).
+    A JSON batch is one msgspec `encode_lines` call over the records (a line is its record's encoding,
+    nothing added or replaced): about a third of the cost of encoding each record and completing its
+    line in Python (bench/observability/micro.py).
     `close()` formats and writes everything handed over, then stops the thread.
     """
 
     def __init__(self, fmt: str = "json", stream: TextIO | None = None) -> None:
         self._json = fmt == "json"
         self._stream = stream
-        # When each record was handed over, and the record: two deques, not one of (time, record)
-        # tuples, because a tuple is tracked by the garbage collector (a float and a gc=False record
-        # are not) and hundreds alive until the next drain would make its young-generation passes
-        # more frequent and longer.
-        self._times: deque[float] = deque()
         self._records: deque[RequestRecord] = deque()
+        self.write: Callable[[RequestRecord], None] = self._records.append
+        self._encoder = msgspec.json.Encoder()
         self._chunks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self._chunk_limit = _PIPE_BUF
-        self._stamps = _Stamps(os.getpid())
         self._thread = threading.Thread(target=self._write_chunks, name="fastproxy-access-log", daemon=True)
 
-    def write(self, record: RequestRecord) -> None:
-        self._times.append(time.time())
-        self._records.append(record)
-
     def start(self) -> None:
-        self._stamps = _Stamps(os.getpid())
         self._chunk_limit = _chunk_limit(self._stream or sys.stderr)
         self._thread.start()
 
@@ -99,49 +93,15 @@ class AccessLog:
         """Format every pending record and hand the chunks to the writer thread (one hand-over per call)."""
         if not self._records:
             return
-        times, records = list(self._times), list(self._records)
-        self._times.clear()
-        self._records.clear()
-        if self._json:
-            lines = self._json_lines(times, records)
-        else:
-            lines = [_text_line(ts, r).encode() for ts, r in zip(times, records, strict=True)]
-        limit = self._chunk_limit
-        chunks: list[bytes] = []
-        if sum(map(len, lines)) <= limit:
-            chunks.append(b"".join(lines))
-        else:
-            chunk: list[bytes] = []
-            size = 0
-            for line in lines:
-                if size + len(line) > limit and chunk:
-                    chunks.append(b"".join(chunk))
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            chunks.append(b"".join(chunk))
+        chunks = self.format(self._records)
+        self._records.clear()  # the same deque: `write` is bound to it
         # One put per drain: every wake-up of the thread is a GIL hand-over with the loop.
         self._chunks.put(chunks)
 
-    def _json_lines(self, times: list[float], records: list[RequestRecord]) -> list[bytes]:
-        # The record's fields first (a line starts with {"request_id": tests and greps rely on it), then
-        # ts, level, logger and pid. key_hint holds the last 4 characters only; the "..." makes that
-        # plain to whoever reads the log (a quote inside a JSON string is escaped, so the first
-        # `"key_hint":"` is the key itself).
-        stamps = self._stamps
-        tail, millis = stamps.tail, _MILLIS
-        lines: list[bytes] = []
-        second, prefix = -1, b""
-        for ts, r in zip(times, records, strict=True):
-            ms = int(ts * 1000)
-            if ms // 1000 != second:
-                second = ms // 1000
-                prefix = stamps.prefix(second)
-            body = _encode(r)
-            if r.key_hint:
-                body = body.replace(b'"key_hint":"', b'"key_hint":"...', 1)
-            lines.append(b"".join((body[:-1], prefix, millis[ms % 1000], tail)))
-        return lines
+    def format(self, records: Iterable[RequestRecord]) -> list[bytes]:
+        """The access lines of `records`, in chunks the writer thread writes one by one."""
+        lines = self._encoder.encode_lines(records) if self._json else "".join(map(_text_line, records)).encode()
+        return _whole_lines(lines, self._chunk_limit)
 
     def close(self) -> None:
         """Write every line handed over so far, then stop the writer thread."""
@@ -170,25 +130,24 @@ class AccessLog:
                 continue
 
 
-_MILLIS = tuple(b"%03d" % i for i in range(1000))
-
-
-class _Stamps:
-    """The constant parts of a JSON access line's end: `,"ts":"<second>.` per second, and the rest."""
-
-    __slots__ = ("_prefix", "_second", "tail")
-
-    def __init__(self, pid: int) -> None:
-        self._second = -1
-        self._prefix = b""
-        self.tail = b'Z","level":"info","logger":"%s","pid":%d}\n' % (ACCESS_LOGGER.encode(), pid)
-
-    def prefix(self, second: int) -> bytes:
-        if second != self._second:
-            self._second = second
-            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._prefix = b',"ts":"' + stamp.encode() + b"."
-        return self._prefix
+def _whole_lines(data: bytes, limit: int) -> list[bytes]:
+    """`data` (whole lines) cut at line ends into chunks of at most `limit` bytes; a line longer than
+    `limit` goes alone, whole."""
+    if len(data) <= limit:
+        return [data]
+    chunks: list[bytes] = []
+    start, size = 0, len(data)
+    while start < size:
+        if size - start <= limit:
+            chunks.append(data[start:])
+            break
+        end = data.rfind(b"\n", start, start + limit)
+        if end == -1:
+            end = data.find(b"\n", start + limit)
+            end = size - 1 if end == -1 else end
+        chunks.append(data[start : end + 1])
+        start = end + 1
+    return chunks
 
 
 def _chunk_limit(stream: TextIO) -> int:
@@ -208,13 +167,9 @@ def _chunk_limit(stream: TextIO) -> int:
 _PIPE_BUF = 4096
 
 
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _text_line(ts: float, r: RequestRecord) -> str:
-    local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-    parts = [f"{local},{int(ts * 1000) % 1000:03d} access {r.status} {r.method} {r.path}"]
+def _text_line(r: RequestRecord) -> str:
+    local = datetime.fromtimestamp(r.ts).strftime("%Y-%m-%d %H:%M:%S")
+    parts = [f"{local},{int(r.ts * 1000) % 1000:03d} access {r.status} {r.method} {r.path}"]
     if r.model:
         parts.append(f"model={r.model}" + (" stream" if r.stream else ""))
     parts.append(f"{r.latency_ms:.1f}ms")

@@ -8,6 +8,10 @@ from fastproxy.schemas import TokenUsage
 
 
 class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
+    """One finished request. Its JSON encoding, field for field, is the request's access line
+    (fastproxy.logs): the access log encodes a whole batch of records in one msgspec call, which is
+    why the line's own fields (ts, level, logger, pid) live here too."""
+
     request_id: str
     method: str
     path: str
@@ -34,3 +38,9 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     prompt_estimate: int = 0
     # request_id is the client's x-request-id (not unique: clients may reuse one), not one the proxy made.
     request_id_from_client: bool = False
+    # When the response ended, in Unix seconds.
+    ts: float = 0.0
+    level: str = "info"
+    logger: str = "fastproxy.access"
+    # The worker that served the request.
+    pid: int = 0

@@ -34,6 +34,8 @@ class State:
     metrics: Metrics | None
     # Dependency name -> check, run by /readyz; adapters add theirs in lifespan.
     readiness: Mapping[str, ReadinessCheck]
+    # This worker's process id (request records carry it to the access log).
+    pid: int
     # The key/user store; None when no database is configured (then only FASTPROXY_AUTH=none works).
     store: Store | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).

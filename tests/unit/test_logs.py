@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from fastproxy.lifespan import _open_access_log
-from fastproxy.logs import AccessLog, _chunk_limit, configure_logging
+from fastproxy.logs import AccessLog, _chunk_limit, _JsonFormatter, _whole_lines, configure_logging
 from fastproxy.records import RequestRecord
 from fastproxy.schemas import TokenUsage
 from fastproxy.settings import Settings
@@ -30,6 +30,8 @@ RECORD = RequestRecord(
     proxy_ms=0.25,
     key_id="key_123",
     key_hint="wxyz",
+    ts=1764577944.125,
+    pid=4321,
 )
 
 
@@ -49,11 +51,14 @@ def test_json_access_line() -> None:
     (line,) = _lines("json", [RECORD])
     doc = json.loads(line)
     assert line.startswith('{"request_id":"req-1"')
-    assert doc["key_hint"] == "...wxyz"
+    assert doc["key_hint"] == "wxyz"
     assert doc["method"] == "POST" and doc["path"] == "/v1/chat/completions" and doc["status"] == 200
     assert doc["model"] == "gpt-a" and doc["upstream_status"] == 200
     assert doc["latency_ms"] == 120.5 and doc["usage"]["prompt"] == 7 and doc["usage"]["completion"] == 5
-    assert doc["pid"] == os.getpid() and doc["logger"] == "fastproxy.access" and doc["ts"].endswith("Z")
+    assert doc["pid"] == 4321 and doc["ts"] == 1764577944.125
+    assert doc["level"] == "info" and doc["logger"] == "fastproxy.access"
+    # The record's fields, then the line's own: nothing else, nothing missing.
+    assert list(doc) == [*RequestRecord.__struct_fields__]
 
 
 def test_text_access_line() -> None:
@@ -115,10 +120,15 @@ def test_chunk_limit_by_kind_of_stderr(tmp_path: Path) -> None:
     assert _chunk_limit(io.StringIO()) == 4096
 
 
-def test_only_the_key_hint_field_gets_its_mark() -> None:
-    tricky = RequestRecord(
-        **{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__}, "path": '/v1/x"key_hint":"zz'}
-    )
-    (line,) = _lines("json", [tricky])
-    doc = json.loads(line)
-    assert doc["path"] == '/v1/x"key_hint":"zz' and doc["key_hint"] == "...wxyz" and doc["level"] == "info"
+def test_a_line_longer_than_pipe_buf_goes_alone_and_whole() -> None:
+    long = RequestRecord(**{**{f: getattr(RECORD, f) for f in RECORD.__struct_fields__}, "path": "/v1/" + "x" * 5000})
+    chunks = _whole_lines(b"".join(AccessLog().format([RECORD, long, RECORD, RECORD])), 4096)
+    assert [chunk.count(b"\n") for chunk in chunks] == [1, 1, 2]
+    assert all(chunk.endswith(b"\n") for chunk in chunks) and len(chunks[1]) > 4096
+    assert json.loads(chunks[1])["path"] == long.path
+
+
+def test_json_log_lines_stamp_unix_seconds_like_access_lines() -> None:
+    record = logging.LogRecord("fastproxy.x", logging.WARNING, __file__, 1, "key %s", ("...wxyz",), None)
+    doc = json.loads(_JsonFormatter().format(record))
+    assert doc == {"ts": record.created, "level": "warning", "logger": "fastproxy.x", "message": "key ...wxyz"}
