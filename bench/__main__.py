@@ -350,9 +350,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{a.latency_runs} x {a.latency_duration:g} s\n",
                 f"Upstream: {r.get('upstream', '-')}. Load: bench/openloop.py on CPU 1. Latency from each "
                 'request\'s scheduled send time (no coordinated omission); "from send" is from the moment '
-                "the client really sent it (its timers fire with millisecond granularity). Targets: p50 "
-                "added < 1 ms, p99 added < 5 ms. If the client's send lag p99 nears the latencies, the "
-                "client (Python, CPU 1) is the limit, not the proxy.\n",
+                "the client really sent it (a thread sleeps to each send time; the lag is what the kernel's wake-up "
+                "and CPU 1 add). Targets: p50 added < 1 ms, p99 added < 5 ms. If the client's send lag p99 "
+                "nears the latencies, CPU 1 (the client, the upstream, Redis, PostgreSQL) is the limit, not the "
+                "proxy.\n",
                 *report.latency_table(r["runs"]),
             ]
         if "memory" in a.scenarios:
