@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Token reconciliations (real usage minus the reserved estimate) are sent to Redis together, this
     # often, instead of one round trip per request; 0 sends each at once.
     ratelimit_settle_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    # Rate-limit script calls each worker may have out at once; requests arriving meanwhile share the
+    # next call. More calls out: shorter waits at moderate load, smaller batches under saturation.
+    ratelimit_pipeline: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
     # Prometheus metrics on /metrics; off removes every metric update from the request path.
     metrics: bool = True
     # How often each worker moves its counts into the shared metrics files (how fresh /metrics is).

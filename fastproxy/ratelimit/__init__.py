@@ -37,6 +37,7 @@ def build_limiter(settings: Settings, metrics: Metrics | None = None) -> Limiter
             fail_open=settings.ratelimit_failure == "fail_open",
             retry_interval=settings.redis_retry_interval,
             settle_interval=settings.ratelimit_settle_interval,
+            pipeline=settings.ratelimit_pipeline,
             on_fallback=metrics.limiter_fallback if metrics is not None else None,
         )
     log.info("rate limits: in process, per instance (no redis_url)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -92,16 +93,20 @@ class _Op:
 class RedisStore:
     """The BucketStore protocol over one Redis script, every operation batched with its neighbours.
 
-    An operation is written at once when no call is out; otherwise it queues, and when the call's
-    reply arrives everything queued goes in the next EVALSHA: at most one call in flight per worker.
-    Alone, an operation costs one round trip; under load, one round trip serves every request that
-    arrived meanwhile. Each operation stays atomic on its own inside the script (see ratelimit.lua).
+    An operation is written at once while fewer than `pipeline` calls are out; otherwise it queues, and
+    when a call's reply arrives everything queued goes in the next EVALSHA. Alone, an operation costs
+    one round trip; under load, one round trip serves every request that arrived meanwhile. With one
+    call out at most, a request arriving while a call is out at a moderate rate waits for that reply
+    before its own call even starts; a few calls out at once spare it that wait (bench/RESULTS.md:
+    full's median at half of saturation 2.8-3.3 ms with 1, 2.1-2.2 ms with 4). Each operation stays
+    atomic on its own inside the script (see ratelimit.lua), and replies come back in the order the
+    calls went, each to its own call's operations.
     Replies are handed out from the connection's own callback (wire.py), so a waiting request resumes
     one loop iteration after its reply arrives. A task (owned here, awaited by close) is needed only to
     connect or to load the script after NOSCRIPT.
     """
 
-    def __init__(self, client: Redis, script: str) -> None:
+    def __init__(self, client: Redis, script: str, pipeline: int = 1) -> None:
         self.client = client
         self._script = client.register_script(script)
         self._source = script
@@ -111,10 +116,10 @@ class RedisStore:
             params, params.get("socket_timeout") or 1.0, tls=issubclass(pool.connection_class, SSLConnection)
         )
         self._queue: list[_Op] = []
-        # The operations of the call in flight (None: no call out).
-        self._out: list[_Op] | None = None
-        self._out_packed = b""
-        self._slow: asyncio.Task[None] | None = None
+        self._pipeline = max(1, pipeline)
+        # The operations of each call out, by id of their list (a call's reply settles its own list).
+        self._out: dict[int, list[_Op]] = {}
+        self._slow: set[asyncio.Task[None]] = set()
         # id(bucket) -> (bucket, then its key, capacity and period packed): a plan's buckets are built
         # once, so packing their constant arguments once per worker takes that off the request path.
         self._packed: dict[int, tuple[Bucket, bytes, bytes, bytes]] = {}
@@ -136,37 +141,37 @@ class RedisStore:
             args += (entry[2], entry[3], bulk(cost))
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Op(keys, args, future))
-        if self._out is None:
+        if len(self._out) < self._pipeline:
             self._dispatch()
         return future
 
     def _dispatch(self) -> None:
-        """Send what is queued (up to _BATCH operations) as one call; nothing when a call is out."""
+        """Send what is queued (up to _BATCH operations) as one call."""
         ops: list[_Op] = []
         while self._queue and not ops:
             batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
             ops = [op for op in batch if not op.future.done()]  # skip requests cancelled while queued
         if not ops:
             return
-        self._out = ops
+        self._out[id(ops)] = ops
         keys: list[bytes] = []
         args = [bulk(len(ops))]
         for op in ops:
             keys += op.keys
             args += op.args
-        packed = self._out_packed = pack_evalsha(self._script.sha, keys, args)
-        if not self._channel.submit(packed, self._replied):
-            self._slow = asyncio.get_running_loop().create_task(self._send_slowly(packed))
+        packed = pack_evalsha(self._script.sha, keys, args)
+        if not self._channel.submit(packed, functools.partial(self._replied, ops, packed)):
+            self._send_slowly(ops, packed)
 
-    def _replied(self, replies: Any) -> None:
+    def _replied(self, ops: list[_Op], packed: bytes, replies: Any) -> None:
         if is_noscript(replies):
             # After a restart or SCRIPT FLUSH: the slow path loads the script and sends the call again.
-            self._slow = asyncio.get_running_loop().create_task(self._send_slowly(self._out_packed))
+            self._send_slowly(ops, packed)
             return
-        self._hand_out(replies)
+        self._hand_out(ops, replies)
 
-    def _hand_out(self, replies: Any) -> None:
-        ops, self._out = self._out or [], None
+    def _hand_out(self, ops: list[_Op], replies: Any) -> None:
+        self._out.pop(id(ops), None)
         if not isinstance(replies, _FAILURES) and (not isinstance(replies, list) or len(replies) != len(ops)):
             # Never expected from ratelimit.lua; if it happens, the waiters hear of it rather than hang.
             replies = ChannelError(f"unexpected reply from the rate-limit script: {replies!r:.200}")
@@ -176,20 +181,26 @@ class RedisStore:
             for op, reply in zip(ops, replies, strict=True):
                 if not op.future.done():  # a request cancelled while its batch was out: nobody waits
                     op.future.set_result(reply)
-        self._dispatch()
+        while self._queue and len(self._out) < self._pipeline:
+            self._dispatch()
 
-    async def _send_slowly(self, packed: bytes) -> None:
+    def _send_slowly(self, ops: list[_Op], packed: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._call_slowly(ops, packed))
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
+
+    async def _call_slowly(self, ops: list[_Op], packed: bytes) -> None:
         """The call of `packed` when the fast path cannot make it: connect, or load the script first."""
         try:
             replies = await self._channel.evalsha(packed, self._source)
         except _FAILURES as exc:
-            self._hand_out(exc)
+            self._hand_out(ops, exc)
         except BaseException as exc:
-            ops, self._out = self._out or [], None
+            self._out.pop(id(ops), None)
             _fail(ops, exc)  # cancelled (shutdown) or a bug: the waiters must hear of it, never hang
             raise
         else:
-            self._hand_out(replies)
+            self._hand_out(ops, replies)
 
     async def take(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> Taken:
         reply = await self._submit(buckets, "take", costs)
@@ -213,12 +224,12 @@ class RedisStore:
 
     async def close(self) -> None:
         """Let the operations already queued reach Redis, then close the connections."""
-        pending = [op.future for op in (*(self._out or ()), *self._queue)]
+        pending = [op.future for ops in (*self._out.values(), self._queue) for op in ops]
         if pending:
             await asyncio.wait(pending)
-        if self._slow is not None:
+        for task in list(self._slow):
             with contextlib.suppress(Exception):
-                await self._slow
+                await task
         self._channel.close()
         await self.client.aclose()
 
@@ -245,13 +256,14 @@ class RedisLimiter:
         fail_open: bool = True,
         retry_interval: float = 1.0,
         settle_interval: float = 0.0,
+        pipeline: int = 1,
         clock: Clock = time.monotonic,
         on_fallback: Callable[[str], None] | None = None,
     ) -> None:
         self.planner = planner
         # Told "allowed" (served by in-process limits) or "rejected" (503) for each request Redis missed.
         self._on_fallback = on_fallback
-        self.store = RedisStore(client, load_script())
+        self.store = RedisStore(client, load_script(), pipeline)
         # 0: one round trip per settle; otherwise reconciliations are coalesced (see settler.py).
         self.settler = Settler(self.store, settle_interval) if settle_interval > 0 else None
         self.fallback = LocalLimiter(planner, clock)

@@ -11,7 +11,7 @@ CHUNKED = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
 )
-SIZED = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 11\r\nServer: x\r\n\r\n{\"error\":1}"
+SIZED = b'HTTP/1.1 429 Too Many Requests\r\nContent-Length: 11\r\nServer: x\r\n\r\n{"error":1}'
 
 
 def _feed(conn: _Connection, data: bytes, step: int) -> None:

@@ -111,16 +111,22 @@ async def test_settles_are_coalesced_and_drained_on_close(own_redis: OwnRedis) -
         await reader.close()
 
 
-async def test_concurrent_admits_share_a_script_call_and_stay_exact(own_redis: OwnRedis) -> None:
-    lim = RedisLimiter(Planner("t:", Limits(max_tokens_total=1_000_000), None), connect(own_redis.url, 2.0))
+@pytest.mark.parametrize(("pipeline", "most_calls"), [(1, 4), (4, 10)])
+async def test_concurrent_admits_share_a_script_call_and_stay_exact(
+    own_redis: OwnRedis, pipeline: int, most_calls: int
+) -> None:
+    lim = RedisLimiter(
+        Planner("t:", Limits(max_tokens_total=1_000_000), None), connect(own_redis.url, 2.0), pipeline=pipeline
+    )
     try:
         await lim.admit(ANONYMOUS, 0, None)  # loads the script
         await lim.store.client.config_resetstat()
         assert await count_admitted([lim], key(rpm=150), 200, estimate=10) == 150
         stats = await lim.store.client.info("commandstats")
-        # 200 admits in a handful of round trips (one per batch in flight), each still all or nothing:
-        # the 50 refused by the key's rpm took nothing from the global quota.
-        assert stats["cmdstat_evalsha"]["calls"] <= 4
+        # 200 admits in a handful of round trips (`pipeline` calls out, each carrying what queued
+        # meanwhile), each still all or nothing: the 50 refused by the key's rpm took nothing from the
+        # global quota.
+        assert stats["cmdstat_evalsha"]["calls"] <= most_calls
         (quota,) = [b for b in await lim.levels(key(rpm=150)) if b.kind == "tokens"]
         assert quota.remaining == 1_000_000 - 150 * 10
     finally:
@@ -161,25 +167,28 @@ async def test_clock_step_back_refills_nothing(limiters: Limiters, redis_client:
     assert 5000 < retry_ms <= 6000  # one token (1 s) after the stamp, never before it
 
 
-async def test_script_survives_script_flush(own_redis: OwnRedis) -> None:
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_script_survives_script_flush(own_redis: OwnRedis, pipeline: int) -> None:
     client = connect(own_redis.url, 2.0)
-    lim = RedisLimiter(Planner("t:", None, None), client)
+    lim = RedisLimiter(Planner("t:", None, None), client, pipeline=pipeline)
     try:
         p = key(rpm=5)
         await lim.admit(p, 0, None)
         assert await client.script_exists(lim.store._script.sha) == [True]
         await client.script_flush()
         assert await client.script_exists(lim.store._script.sha) == [False]
-        assert await count_admitted([lim], p, 10) == 4  # NOSCRIPT reloaded it; the state was kept
+        # NOSCRIPT (for every call out at once) reloaded it; the state was kept.
+        assert await count_admitted([lim], p, 10) == 4
         assert await client.script_exists(lim.store._script.sha) == [True]
         assert lim.fallbacks == 0
     finally:
         await lim.close()
 
 
-async def test_redis_restart_fails_open_and_recovers(own_redis: OwnRedis) -> None:
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_redis_restart_fails_open_and_recovers(own_redis: OwnRedis, pipeline: int) -> None:
     client = connect(own_redis.url, 0.2)
-    lim = RedisLimiter(Planner("t:", None, None), client, retry_interval=0.2)
+    lim = RedisLimiter(Planner("t:", None, None), client, retry_interval=0.2, pipeline=pipeline)
     p = key(rpm=1000)
     try:
         await lim.admit(p, 0, None)
