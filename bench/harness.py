@@ -277,10 +277,7 @@ def write_lua(
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        + extra
-        + pause
-        + f"local bodies = {{{quoted}}}\n"
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n' + extra + pause + f"local bodies = {{{quoted}}}\n"
         "wrk.body = bodies[1]\n"
         "local n = 0\n"
         # Only with several bodies: a request() function costs wrk a little per request.
@@ -386,9 +383,7 @@ def _run_nginx(d: Path, main: str = "", http: str = "", location: str = "") -> t
     port = free_port()
     affinity = "1".ljust(LOAD_CPU + 1, "0")[::-1]  # bitmask, rightmost = CPU 0
     conf = d / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(main=main, affinity=affinity, dir=d, http=http, port=port, location=location)
-    )
+    conf.write_text(NGINX_CONF.format(main=main, affinity=affinity, dir=d, http=http, port=port, location=location))
     proc = spawn(pinned(LOAD_CPU, [NGINX, "-c", str(conf), "-p", f"{d}/"]), os.environ, d / "stdout.log")
     wait_port(port, proc)
     return proc, port

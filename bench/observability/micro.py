@@ -75,8 +75,7 @@ def main() -> None:
         "in-flight started + finished": per_call_us(in_flight),
         "metrics observe(record)": per_call_us(lambda: metrics.observe(RECORD)),
         "access log write(record)": per_call_us(lambda: access.write(RECORD)),
-        "access line formatting (batched, every 50 ms)": per_call_us(lambda: access.format(records), 200)
-        / 1000,
+        "access line formatting (batched, every 50 ms)": per_call_us(lambda: access.format(records), 200) / 1000,
         "metrics flush, per record (batched, every 50 ms)": _flush_per_record_us(metrics),
     }
     print(f"prometheus-client {mode} mode; best of 5 x 200000 calls")

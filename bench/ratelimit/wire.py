@@ -70,9 +70,7 @@ async def main(url: str, calls: int, rounds: int) -> None:
     for name, runs in results.items():
         cpu = sorted(r[0] for r in runs)
         wall = sorted(r[1] for r in runs)
-        print(
-            f"| {name} | {statistics.median(cpu):.1f} ({cpu[0]:.1f}-{cpu[-1]:.1f}) | {statistics.median(wall):.1f} |"
-        )
+        print(f"| {name} | {statistics.median(cpu):.1f} ({cpu[0]:.1f}-{cpu[-1]:.1f}) | {statistics.median(wall):.1f} |")
 
 
 if __name__ == "__main__":
