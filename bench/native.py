@@ -7,8 +7,8 @@ bench.interleaved says *how much* a feature adds; py-spy sees Python frames only
 instruction counts are not time. This samples CPU 0, where each proxy runs (fastproxy serve, 1
 Granian worker), with `perf record -e cpu-clock` (a software clock: it needs no hardware counters,
 which VMs often lack) while wrk loads one proxy, keeps the samples of that proxy's threads, charges
-them to shared object and symbol and divides by the requests wrk completed: µs of CPU per request per symbol, so two configurations can
-be subtracted line by line. Python functions show up as the interpreter's C functions that ran them
+them to shared object and symbol and divides by the requests wrk completed: µs of CPU per request
+per symbol, so two configurations can be subtracted line by line. Python functions show up as the interpreter's C functions that ran them
 (`_PyEval_EvalFrameDefault`, allocation, GC, dict and unicode work): enough to tell "more bytecode"
 from "more allocation" from "more collection" from "more kernel". Rounds start the proxies afresh,
 their order rotating, as in bench.interleaved. The sampling adds its own interrupts (same for each).

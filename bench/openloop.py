@@ -138,6 +138,8 @@ class _Results:
         self._one_less()
         if conn.reusable:
             self.idle.append(conn)
+        elif conn.transport is not None:
+            conn.transport.close()  # the server said `Connection: close`
 
     def failed(self, why: str) -> None:
         self.errors.append(why)

@@ -41,3 +41,19 @@ def test_a_lost_connection_is_an_error_and_is_not_reused() -> None:
     conn.connection_lost(ConnectionResetError("reset"))
     assert results.outstanding == 0 and results.errors[0].startswith("connection lost")
     assert results.idle == [] and not conn.reusable
+
+
+def test_a_connection_the_server_closes_is_not_reused() -> None:
+    results = _Results()
+    conn = _Connection(results)
+    closed: list[bool] = []
+
+    class Transport:
+        def close(self) -> None:
+            closed.append(True)
+
+    conn.transport = Transport()  # type: ignore[assignment]
+    results.outstanding += 1
+    conn.busy = True
+    _feed(conn, SIZED.replace(b"Server: x", b"Connection: close"), 1000)
+    assert results.errors == ["HTTP 429"] and results.idle == [] and closed == [True]
