@@ -435,6 +435,32 @@ def start_sse_nginx(workdir: Path, chunks: int, delays_ms: Sequence[float]) -> t
     )
 
 
+SSE_UPSTREAM_C = Path(__file__).with_name("sse_upstream.c")
+CC = shutil.which("cc") or shutil.which("gcc")
+
+
+def sse_upstream_available() -> bool:
+    return CC is not None
+
+
+def start_sse_upstream(workdir: Path, chunks: int, default_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/sse_upstream.c (compiled here with cc -O2), pinned to the load CPU: the same events as
+    start_sse_nginx, but chunk k of a stream is due at start + k x delay, so a busy moment's lateness
+    does not add up over the stream. The delay comes from the x-mock-delay-ms header."""
+    d = workdir / "sse-upstream"
+    d.mkdir(exist_ok=True)
+    exe = d / "sse_upstream"
+    assert CC is not None
+    subprocess.run([CC, "-O2", "-Wall", "-o", str(exe), str(SSE_UPSTREAM_C)], check=True, capture_output=True)
+    content = f"data: {_SSE_CONTENT}\n\n"
+    tail = "".join(f"data: {e}\n\n" for e in _SSE_TAIL)
+    port = free_port()
+    argv = [str(exe), str(port), str(chunks), f"{default_ms:g}", content, tail]
+    proc = spawn(pinned(LOAD_CPU, argv), os.environ, d / "stdout.log")
+    wait_port(port, proc)
+    return proc, port
+
+
 def start_mock(workdir: Path, chunks: int, delay_ms: float, workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     argv = [PY, "-m", "fastproxy", "mock-upstream", "--port", str(port), "--workers", str(workers)]

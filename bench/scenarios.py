@@ -29,9 +29,11 @@ from bench.harness import (
     rss_mb,
     run_json,
     sse_nginx_available,
+    sse_upstream_available,
     start_mock,
     start_nginx,
     start_sse_nginx,
+    start_sse_upstream,
     stop,
     wait_quiet,
     worker_pid,
@@ -173,8 +175,8 @@ def _streams_wrk(ctx: Ctx, t: Target, n: int, delay_ms: float, sanity: bytes, wi
     """`n` connections of wrk, each streaming one request after another for a few stream lengths.
 
     wrk (C, on the load CPU) reads 25,000 SSE events a second at a small fraction of what the Python
-    client needs. (The direct path still drifts past the ideal under load: nginx's sleeps are relative,
-    so a busy worker's lateness adds up over the chunks; "p99 over direct" is the proxy's share.)
+    client needs. (With nginx's echo module as the upstream the direct path drifts past the ideal under
+    load: its sleeps are relative, so a busy worker's lateness adds up over the chunks.)
     Its latency is each stream's time from send to last byte; a random pause of up to one chunk delay
     before each stream spreads the streams' phases (all in step, every chunk would be a burst).
     Events = bytes read x (events / bytes) of the sanity stream: streams still open at the end count
@@ -203,19 +205,29 @@ def _streams_wrk(ctx: Ctx, t: Target, n: int, delay_ms: float, sanity: bytes, wi
 def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
     """Concurrent slow streams: `plan` lists (target, concurrent streams, ms between chunks)."""
     a = ctx.args
-    use_wrk = sse_nginx_available()
-    if use_wrk:
+    load = (
+        "Load: wrk -t1 with one connection per concurrent stream, each streaming back to back (a random pause "
+        "of up to one chunk delay before each) for max(10 s, 4 x the ideal); completed = 2xx streams in that time"
+    )
+    use_wrk = sse_upstream_available() or sse_nginx_available()
+    if sse_upstream_available():
+        proc, port = start_sse_upstream(ctx.workdir, a.slow_chunks, a.slow_delay_ms)
+        what = (
+            f"bench/sse_upstream.c (C, epoll, 1 thread), {a.slow_chunks} chunk events, chunk k due at start + k x "
+            "the delay (its own write), then the finish, usage and [DONE] events with the last chunk: its floor "
+            f"is the ideal itself, and lateness does not add up over a stream. {load}"
+        )
+    elif sse_nginx_available():
+        ctx.log("  no C compiler: the upstream is nginx's echo module (its lateness adds up over a stream)")
         # The delay of each run comes from its x-mock-delay-ms header: nginx maps the values it will see.
         delays = [a.slow_delay_ms, 0.0, 1.0, *(d for _, _, d in plan)]
         proc, port = start_sse_nginx(ctx.workdir, a.slow_chunks, delays)
         what = (
             f"nginx 1 worker (echo module), {a.slow_chunks} chunk events each written after a sleep, then the "
-            "finish, usage and [DONE] events at once: its floor is the ideal itself. Load: wrk -t1 with one "
-            "connection per concurrent stream, each streaming back to back (a random pause of up to one chunk "
-            "delay before each) for max(10 s, 4 x the ideal); completed = 2xx streams in that time"
+            f"finish, usage and [DONE] events at once: its floor is the ideal itself. {load}"
         )
     else:
-        ctx.log("  nginx's echo module not found: the upstream is fastproxy mock-upstream (uses more of CPU 1)")
+        ctx.log("  no C compiler, no nginx echo module: the upstream is fastproxy mock-upstream (more of CPU 1)")
         proc, port = start_mock(ctx.workdir, chunks=a.slow_chunks, delay_ms=a.slow_delay_ms, workers=a.mock_workers)
         what = (
             f"fastproxy mock-upstream --chunks {a.slow_chunks} --delay-ms {a.slow_delay_ms} --workers "
