@@ -37,8 +37,10 @@ class _AiohttpResponse:
         self.headers: RawHeaders = list(resp.raw_headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        # readany itself, not iter_any(): its iterator is one more coroutine frame per SSE event.
+        read = self._resp.content.readany
         try:
-            async for chunk in self._resp.content.iter_any():
+            while chunk := await read():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_error(exc) from exc

@@ -87,3 +87,15 @@ def test_last_event_without_blank_line_is_still_read() -> None:
     assert watcher.finish() == b""
     assert watcher.usage is not None
     assert watcher.usage.total == 14
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_one_whole_event_per_chunk_as_providers_send_them(strip: bool) -> None:
+    events = chat_events(with_usage=True)
+    watcher = SSEWatcher(strip=strip)
+    out = [watcher.feed(e) for e in events] + [watcher.finish()]
+    expected = chat_events(with_usage=False) if strip else events
+    assert b"".join(out) == b"".join(expected)
+    assert watcher.events == 5
+    assert watcher.usage is not None
+    assert watcher.usage.total == 14
