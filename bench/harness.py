@@ -267,13 +267,25 @@ end
 
 
 def write_lua(
-    path: Path, key: str, bodies: Sequence[str], headers: Mapping[str, str] | None = None, delay_ms: float = 0
+    path: Path,
+    key: str,
+    bodies: Sequence[str],
+    headers: Mapping[str, str] | None = None,
+    delay_ms: float = 0,
+    first: tuple[int, float] = (0, 0.0),
 ) -> Path:
     """A wrk script POSTing the bodies in turn with a Bearer key; done() prints one BENCH_JSON line.
-    `delay_ms`: a random pause of up to that long before each request."""
+    `delay_ms`: a random pause of up to that long before each request. `first` = (n, ms): the first n
+    requests (wrk -t1: the first request of each of n connections) pause up to ms instead."""
     quoted = ", ".join(f"[==[{b}]==]" for b in bodies)
     extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
-    pause = f"delay = function()\n  return math.random(0, {delay_ms:.0f})\nend\n" if delay_ms else ""
+    pause = ""
+    if delay_ms:
+        pause = (
+            f"local delayed = 0\ndelay = function()\n  delayed = delayed + 1\n"
+            f"  if delayed <= {first[0]} then return math.random(0, {first[1]:.0f}) end\n"
+            f"  return math.random(0, {delay_ms:.0f})\nend\n"
+        )
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'

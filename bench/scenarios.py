@@ -177,15 +177,26 @@ def _streams_wrk(ctx: Ctx, t: Target, n: int, delay_ms: float, sanity: bytes, wi
     wrk (C, on the load CPU) reads 25,000 SSE events a second at a small fraction of what the Python
     client needs. (With nginx's echo module as the upstream the direct path drifts past the ideal under
     load: its sleeps are relative, so a busy worker's lateness adds up over the chunks.)
-    Its latency is each stream's time from send to last byte; a random pause of up to one chunk delay
-    before each stream spreads the streams' phases (all in step, every chunk would be a burst).
+    Its latency is each stream's time from send to last byte. The first stream of each connection
+    starts after a random pause of up to --slow-spread-ms (default: one stream's ideal length), so the
+    N streams run out of step as independent clients' do; each later one after a pause of up to one
+    chunk delay. With --slow-spread-ms 0 the N start within one chunk delay, and every wave of
+    restarts is a burst of N requests whose set-up the last of them waits for.
     Events = bytes read x (events / bytes) of the sanity stream: streams still open at the end count
     with what they had read, as the CPU they used is counted too.
     """
     ideal_s = ctx.args.slow_chunks * delay_ms / 1000
     seconds = max(10.0, 4 * ideal_s)
+    spread_ms = ideal_s * 1000 if ctx.args.slow_spread_ms is None else ctx.args.slow_spread_ms
     lua = ctx.workdir / f"slow-{n}-{delay_ms:g}.lua"
-    write_lua(lua, t.key, [STREAM_BODY], {"x-mock-delay-ms": f"{delay_ms:g}"}, delay_ms=max(1.0, delay_ms))
+    write_lua(
+        lua,
+        t.key,
+        [STREAM_BODY],
+        {"x-mock-delay-ms": f"{delay_ms:g}"},
+        delay_ms=max(1.0, delay_ms),
+        first=(n, max(1.0, delay_ms, spread_ms)),
+    )
     win.start()
     r = wrk(t.base + CHAT, lua, seconds, n, timeout_s=ctx.args.slow_timeout)
     events_per_byte = sanity.count(b"\n\n") / len(sanity)
@@ -291,9 +302,15 @@ def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
                         t.close()
     finally:
         stop(proc)
+    spread = a.slow_chunks * a.slow_delay_ms if a.slow_spread_ms is None else a.slow_spread_ms
     return {
         "upstream": what,
         "ideal_s": a.slow_chunks * a.slow_delay_ms / 1000,
+        "starts": (
+            f"first starts spread over {max(spread, a.slow_delay_ms):g} ms, restarts after up to {a.slow_delay_ms:g} ms"
+            if use_wrk
+            else f"starts spread over {a.slow_ramp_ms:g} ms"
+        ),
         "runs": res,
     }
 

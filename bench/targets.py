@@ -77,7 +77,8 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
     if name == "direct":
         return Target(name, upstream, UNUSED_KEY)
     port = free_port()
-    log = workdir / f"{name.strip('+')}-{port}.log"
+    # A name's @VAR=value settings may hold paths: keep the file name to one directory level.
+    log = workdir / f"{name.strip('+').replace('/', '_')}-{port}.log"
     if name == "reference":
         env = {**clean_env(), "BENCH_UPSTREAM": upstream}
         argv = [PY, "-m", "granian", *GRANIAN_FLAGS, "--port", str(port), "bench.reference:app"]
