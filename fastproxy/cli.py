@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from fastproxy import __version__
 from fastproxy.cli_accounts import CommandError, add_commands, demo_key
+from fastproxy.fdlimit import needed, raise_soft_limit
 from fastproxy.multiproc import multiprocess_dir, serve_metrics_port
 from fastproxy.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
@@ -48,6 +49,15 @@ def _apply_overrides(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings) -> None:
     workers = settings.workers or os.cpu_count() or 1
+    open_files = raise_soft_limit()
+    if open_files < needed(settings.pool_size):
+        print(
+            f"fastproxy: warning: the open-file limit is {open_files}, below the {needed(settings.pool_size)} "
+            f"that {ENV_PREFIX}POOL_SIZE={settings.pool_size} can use: connections beyond it are refused "
+            "(raise it with `ulimit -n` or the container's nofile limit)",
+            file=sys.stderr,
+            flush=True,
+        )
     # Before any worker exists: every worker must see the same fresh metrics directory.
     with multiprocess_dir(settings.metrics_dir) as metrics_path:
         stop_metrics = None

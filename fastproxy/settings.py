@@ -48,7 +48,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 1024
     # auto: pyreqwest for non-streamed requests, aiohttp for streams (each is cheaper there; bench/RESULTS.md).
     upstream_client: Literal["auto", "reqwest", "aiohttp"] = "auto"
-    pool_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    # Upstream connections per worker and client (two clients under auto): 2,000 concurrent streams on
+    # one worker each hold one; beyond it a request waits up to connect_timeout for a free one.
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4096
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
