@@ -23,6 +23,7 @@ from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store
 from fastproxy.tasks import every, stop_task
+from fastproxy.threads import RuntimeThreads
 from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.usage.setup import open_usage
 
@@ -80,6 +81,10 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 observers += (usage.observer,)
             # Last: everything built so far lives as long as the worker.
             stack.enter_context(settled_heap(settings.gc_young_threshold))
+            if settings.runtime_threads_batch:
+                threads = RuntimeThreads()
+                stack.callback(threads.restore)
+                _own_task(stack, threads.watch())
             yield State(
                 settings=settings,
                 upstream=upstream,

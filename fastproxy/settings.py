@@ -126,6 +126,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # young generation is collected every this many net container allocations (Python's default: 700,
     # below a loaded worker's in-flight objects); 0 leaves the collector as Python sets it (fastproxy/heap.py).
     gc_young_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    # Granian's and pyreqwest's runtime threads in SCHED_BATCH, so a socket becoming ready does not
+    # preempt the event loop only to wait for its GIL (fastproxy/threads.py). Linux only.
+    runtime_threads_batch: bool = True
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
