@@ -217,8 +217,8 @@ def slow(ctx: Ctx, plan: list[tuple[str, int, float]]) -> dict[str, Any]:
     """Concurrent slow streams: `plan` lists (target, concurrent streams, ms between chunks)."""
     a = ctx.args
     load = (
-        "Load: wrk -t1 with one connection per concurrent stream, each streaming back to back (a random pause "
-        "of up to one chunk delay before each) for max(10 s, 4 x the ideal); completed = 2xx streams in that time"
+        "Load: wrk -t1 with one connection per concurrent stream, each streaming back to back (when each starts: "
+        "see the heading) for max(10 s, 4 x the ideal); completed = 2xx streams in that time"
     )
     use_wrk = sse_upstream_available() or sse_nginx_available()
     if sse_upstream_available():

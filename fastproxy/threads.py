@@ -6,8 +6,9 @@ running, the scheduler lets the runtime thread preempt it at once; the runtime t
 GIL, which the loop holds, and blocks again: two context switches and colder caches for nothing. At
 moderate load, with the worker alone on a core, that happened 5-6 times per request. In SCHED_BATCH a
 waking thread does not preempt the running one: the runtime threads run when the loop waits in epoll
-(without the GIL) or its time slice ends. Measured (bench/RESULTS.md, open loop at half of full's
-saturation on one core): full's median latency 2.2 -> 1.25 ms, p99 6.4 -> 3.5-4.9 ms, CPU the same.
+(without the GIL) or its time slice ends. Measured on one core (bench/RESULTS.md): CPU per request at
+saturation -16 % (bare) and -20 % (full); at half of full's saturation, full's median latency
+2.2-2.9 -> 1.2-2.1 ms with the same proxy process, its policies alternated.
 
 SCHED_BATCH is an ordinary time-sharing policy (no privilege needed, same share of the CPU); threads
 a runtime thread starts later inherit it. Elsewhere than Linux this does nothing.
@@ -42,15 +43,14 @@ class RuntimeThreads:
 
     def batch(self) -> set[str]:
         """Move the runtime threads not moved yet; the names seen so far."""
-        batch = getattr(os, "SCHED_BATCH", None)
         for tid, name in _threads():
-            if name not in self._names or tid in self._moved or batch is None:
+            if name not in self._names or tid in self._moved:
                 continue
             self._seen.add(name)
             try:
                 before = os.sched_getscheduler(tid)
                 if before == os.SCHED_OTHER:
-                    os.sched_setscheduler(tid, batch, os.sched_param(0))
+                    os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
                     self._moved[tid] = before
             except OSError as exc:  # the thread ended, or a sandbox refuses
                 log.debug("cannot change thread %d's scheduling policy: %s", tid, exc)
@@ -58,6 +58,8 @@ class RuntimeThreads:
 
     async def watch(self, interval: float = 0.05, patience: float = 10.0) -> None:
         """`batch` now and every `interval` until every expected runtime was seen, at most `patience` s."""
+        if not supported():
+            return
         deadline = asyncio.get_running_loop().time() + patience
         while self.batch() != self._names:
             if asyncio.get_running_loop().time() > deadline:
@@ -75,10 +77,15 @@ class RuntimeThreads:
         self._moved.clear()
 
 
+def supported() -> bool:
+    """Linux: SCHED_BATCH exists and threads are listed in /proc (reading procfs does not block)."""
+    return hasattr(os, "SCHED_BATCH") and _TASKS.exists()
+
+
 def _threads() -> list[tuple[int, str]]:
     """(thread id, name) of this process's threads."""
     found = []
-    for task in _TASKS.iterdir() if _TASKS.exists() else ():
+    for task in _TASKS.iterdir():
         try:
             found.append((int(task.name), (task / "comm").read_text().strip()))
         except OSError:
