@@ -120,7 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slow-ramp-ms",
         type=float,
         default=None,
-        help="spread the starts of the slow streams over this long (default: one chunk delay; 0 = all at once)",
+        help="the Python stream client (memory, and slow without a C compiler or nginx's echo module): spread "
+        "the stream starts over this long (default: one chunk delay; 0 = all at once)",
     )
     ap.add_argument(
         "--slow-spread-ms",
