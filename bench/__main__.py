@@ -160,13 +160,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for opt in ("configs", "stream_configs", "slow_configs", "many_configs", "latency_configs", "memory_configs"):
         vals = [c for c in getattr(args, opt).split(",") if c]
         # NAME@VAR=value: a known configuration with settings of its own (bench.configs.named_configs).
-        bad = {v for v in vals if v not in valid and v.split("@", 1)[0] not in valid - set(BASELINES)}
+        # The reference may carry settings too (its environment); direct has none.
+        bad = {v for v in vals if v not in valid and v.split("@", 1)[0] not in valid - {"direct"}}
         if bad:
             ap.error(
                 f"--{opt.replace('_', '-')}: unknown {sorted(bad)}; choose from {','.join(sorted(valid))} "
-                "(a fastproxy configuration may add @VAR=value)"
+                "(a fastproxy configuration or the reference may add @VAR=value)"
             )
-        extra += [v for v in vals if v not in valid]
+        extra += [v for v in vals if v not in valid and v.split("@", 1)[0] != "reference"]
         setattr(args, opt, vals)
     args.extra_configs = extra
     return args

@@ -79,8 +79,10 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
     port = free_port()
     # A name's @VAR=value settings may hold paths: keep the file name to one directory level.
     log = workdir / f"{name.strip('+').replace('/', '_')}-{port}.log"
-    if name == "reference":
-        env = {**clean_env(), "BENCH_UPSTREAM": upstream}
+    if name.split("@", 1)[0] == "reference":
+        # reference@VAR=value: the reference with VAR in its environment (e.g. BENCH_RUNTIME_THREADS_BATCH=1).
+        settings = dict(s.split("=", 1) for s in name.split("@")[1:] if "=" in s)
+        env = {**clean_env(), **settings, "BENCH_UPSTREAM": upstream}
         argv = [PY, "-m", "granian", *GRANIAN_FLAGS, "--port", str(port), "bench.reference:app"]
         proc = spawn(pinned(PROXY_CPU, argv), env, log, cwd=REPO)
         target = Target(name, f"http://127.0.0.1:{port}", UNUSED_KEY, proc, log)
