@@ -28,7 +28,7 @@ UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:18090")
 # 1: Granian's runtime thread in SCHED_BATCH, as fastproxy does by default (fastproxy/threads.py), to
 # compare like with like; the reference as the issue defines it runs without.
 BATCH = os.environ.get("BENCH_RUNTIME_THREADS_BATCH") == "1"
-POOL = int(os.environ.get("BENCH_POOL", "1024"))  # fastproxy's default pool_size
+POOL = int(os.environ.get("BENCH_POOL", "4096"))  # fastproxy's default pool_size
 REQ_HEADERS = [("content-type", "application/json"), ("authorization", "Bearer sk-bench")]
 CT_JSON = b"application/json"
 START = "http.response.start"
