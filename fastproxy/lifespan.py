@@ -15,10 +15,11 @@ from fastproxy.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.heap import settled_heap
 from fastproxy.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.lastused import LastUsedWriter
-from fastproxy.logs import ACCESS_LOGGER, AccessLog, configure_logging
+from fastproxy.logs import AccessLog, configure_logging
 from fastproxy.metrics import Metrics
 from fastproxy.ratelimit import build_limiter
 from fastproxy.readiness import ReadinessCheck, upstream_check
+from fastproxy.records import ACCESS_LOGGER
 from fastproxy.settings import Settings
 from fastproxy.state import Observer, State
 from fastproxy.store import Store, open_store

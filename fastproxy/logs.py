@@ -31,7 +31,6 @@ import msgspec
 
 from fastproxy.records import RequestRecord
 
-ACCESS_LOGGER = "fastproxy.access"
 _encode = msgspec.json.encode
 
 

@@ -6,6 +6,9 @@ import msgspec
 
 from fastproxy.schemas import TokenUsage
 
+# The access log's logger name: its level decides whether access lines are written, and each line says it.
+ACCESS_LOGGER = "fastproxy.access"
+
 
 class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     """One finished request. Its JSON encoding, field for field, is the request's access line
@@ -41,6 +44,6 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     # When the response ended, in Unix seconds.
     ts: float = 0.0
     level: str = "info"
-    logger: str = "fastproxy.access"
+    logger: str = ACCESS_LOGGER
     # The worker that served the request.
     pid: int = 0

@@ -58,12 +58,9 @@ class SSEWatcher:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._pending and chunk.endswith(b"\n\n") and b"\r" not in chunk:
-            # Once per SSE event, so the usual case (whole events, LF only) skips the general path.
-            self.events += chunk.count(b"\n\n")
-            if b'"usage"' not in chunk:
-                return chunk
-            out = self._usage(chunk)
+        if not self._pending and chunk.endswith(b"\n\n"):
+            # The usual case, once per SSE event: whole events and nothing held back, so no slicing.
+            out = self._process(chunk)
             return out if self.strip else chunk
         data = self._pending + chunk if self._pending else chunk
         end = _last_boundary_end(data)
@@ -88,10 +85,6 @@ class SSEWatcher:
         self.events += _count_events(complete)
         if b'"usage"' not in complete:
             return complete
-        return self._usage(complete)
-
-    def _usage(self, complete: bytes) -> bytes:
-        """Whole events that mention usage: remember a usage object; with strip, undo include_usage."""
         if self.strip:
             complete = _NULL_USAGE.sub(b"", complete)
         if not _USAGE_OBJECT.search(complete):
