@@ -35,7 +35,7 @@ import msgspec
 from bench.configs import KEY_LIMITS, named_configs
 from bench.harness import CHAT_BODY, PY, REPO, backing, free_port, scratch_dir, spawn, start_nginx, stop, wait_port
 from bench.targets import UNUSED_KEY, clean_env
-from fastproxy.settings import Settings
+from fastproxy.core.settings import Settings
 
 PY_ARGV = [PY, "-m", "fastproxy", "serve"]
 

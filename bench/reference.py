@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from fastproxy.threads import RuntimeThreads
+from fastproxy.server.threads import RuntimeThreads
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -1,3 +1,3 @@
-from fastproxy.cli import main
+from fastproxy.server.cli import main
 
 main()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from fastproxy.errors import INTERNAL_ERROR_BODY, MethodNotAllowed, RouteNotFound
-from fastproxy.lifespan import UpstreamFactory, open_state
-from fastproxy.responses import send_error, send_json
-from fastproxy.routing import resolve
-from fastproxy.settings import Settings, load_settings
-from fastproxy.state import State
-from fastproxy.types import Receive, Scope, Send
+from fastproxy.core.errors import INTERNAL_ERROR_BODY, MethodNotAllowed, RouteNotFound
+from fastproxy.core.responses import send_error, send_json
+from fastproxy.core.settings import Settings, load_settings
+from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.proxy.routes import resolve
+from fastproxy.server.lifespan import UpstreamFactory, open_state
+from fastproxy.server.state import State
 from fastproxy.upstream import build_upstream
 
 log = logging.getLogger("fastproxy")

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from fastproxy.types import ASGIApp, Message
+from fastproxy.core.types import ASGIApp, Message
 
 
 @dataclass

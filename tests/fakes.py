@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastproxy.errors import UpstreamUnreachable
-from fastproxy.settings import Settings
-from fastproxy.types import RawHeaders
+from fastproxy.core.errors import UpstreamUnreachable
+from fastproxy.core.settings import Settings
+from fastproxy.core.types import RawHeaders
 from fastproxy.upstream import HeaderList, UpstreamResponse
 
 

@@ -16,10 +16,10 @@ import timeit
 
 import msgspec
 
-from fastproxy.logs import AccessLog
-from fastproxy.metrics import Metrics
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
+from fastproxy.observability.logs import AccessLog
+from fastproxy.observability.metrics import Metrics
 
 RECORD = RequestRecord(
     request_id="0123456789abcdef01234567",

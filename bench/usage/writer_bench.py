@@ -18,8 +18,8 @@ import uuid
 
 import asyncpg
 
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.store import open_store
 from fastproxy.usage.journal import Journal
 from fastproxy.usage.pricing import load_prices

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from fastproxy.limits import Limiter
-from fastproxy.metrics import Metrics
+from fastproxy.core.limits import Limiter
+from fastproxy.core.settings import Settings
+from fastproxy.observability.metrics import Metrics
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.local import LocalLimiter
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
-from fastproxy.settings import Settings
 
 log = logging.getLogger("fastproxy.ratelimit")
 

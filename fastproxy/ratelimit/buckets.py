@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from fastproxy.schemas import Limits, Principal
+from fastproxy.core.schemas import Limits, Principal
 
 MINUTE: Final = 60
 DAY: Final = 86_400

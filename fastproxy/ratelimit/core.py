@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from fastproxy.limits import Admission
+from fastproxy.core.limits import Admission
+from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
+from fastproxy.core.types import RawHeaders
 from fastproxy.ratelimit import replies
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Plan, Planner
 from fastproxy.ratelimit.replies import Taken
-from fastproxy.schemas import BucketLevel, Principal, TokenUsage
-from fastproxy.types import RawHeaders
 
 
 class BucketStore(Protocol):

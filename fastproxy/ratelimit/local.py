@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from fastproxy.limits import Admission
+from fastproxy.core.limits import Admission
+from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
 from fastproxy.ratelimit import core
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
 from fastproxy.ratelimit.replies import Taken
-from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 Clock = Callable[[], float]
 # Drop full buckets (the equivalent of Redis expiry) every this many operations.

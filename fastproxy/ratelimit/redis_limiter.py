@@ -31,8 +31,9 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from fastproxy.errors import ServiceUnavailable
-from fastproxy.limits import Admission
+from fastproxy.core.errors import ServiceUnavailable
+from fastproxy.core.limits import Admission
+from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
 from fastproxy.ratelimit import core
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
 from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
@@ -40,7 +41,6 @@ from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
 from fastproxy.ratelimit.settler import Settler
 from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk, is_noscript, pack_evalsha
-from fastproxy.schemas import BucketLevel, Principal, TokenUsage
 
 log = logging.getLogger("fastproxy.ratelimit")
 

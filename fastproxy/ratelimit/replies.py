@@ -6,9 +6,9 @@ import math
 
 import msgspec
 
-from fastproxy.errors import RateLimited
+from fastproxy.core.errors import RateLimited
+from fastproxy.core.types import RawHeaders
 from fastproxy.ratelimit.buckets import Bucket, Plan
-from fastproxy.types import RawHeaders
 
 
 class Taken(msgspec.Struct, frozen=True, gc=False):

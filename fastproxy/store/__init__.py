@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from fastproxy.schemas import Limits
+from fastproxy.core.schemas import Limits
 
 if TYPE_CHECKING:
     from fastproxy.usage.query import UsageQuery, UsageRecord, UsageSummary

@@ -3,7 +3,7 @@
 Two implementations, chosen by measurement on the proxy path (bench/clients/RESULTS.md and
 bench/RESULTS.md): `reqwest_client` (pyreqwest, Rust: about half aiohttp's CPU per non-streamed
 request) and `aiohttp_client` (pure asyncio: cheaper per SSE event). The default, `auto`, uses each
-where it is cheaper. Each maps its library's exceptions to fastproxy.errors, so handlers never see a
+where it is cheaper. Each maps its library's exceptions to fastproxy.core.errors, so handlers never see a
 library type:
 
     connection refused / reset / DNS  -> UpstreamUnreachable (502)
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from fastproxy.settings import Settings
-from fastproxy.types import RawHeaders
+from fastproxy.core.settings import Settings
+from fastproxy.core.types import RawHeaders
 
 HeaderList = list[tuple[str, str]]
 

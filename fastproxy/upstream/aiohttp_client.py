@@ -1,6 +1,6 @@
 """The upstream seam implemented with aiohttp (pure asyncio; FASTPROXY_UPSTREAM_CLIENT=aiohttp).
 
-Its exceptions are mapped here to fastproxy.errors so handlers never see a library type:
+Its exceptions are mapped here to fastproxy.core.errors so handlers never see a library type:
 
     connection refused / reset / DNS  -> UpstreamUnreachable (502)
     connect, read or total timeout    -> UpstreamTimeout (504)
@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from fastproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from fastproxy.settings import Settings
-from fastproxy.types import RawHeaders
+from fastproxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from fastproxy.core.settings import Settings
+from fastproxy.core.types import RawHeaders
 from fastproxy.upstream import HeaderList, UpstreamResponse
 
 

@@ -16,9 +16,9 @@ from pyreqwest.exceptions import ConnectError, PyreqwestError, RequestTimeoutErr
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
-from fastproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from fastproxy.settings import Settings
-from fastproxy.types import RawHeaders
+from fastproxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from fastproxy.core.settings import Settings
+from fastproxy.core.types import RawHeaders
 from fastproxy.upstream import HeaderList, UpstreamResponse
 
 

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from fastproxy.errors import InvalidRequest, PermissionDenied, ProxyError, ServiceUnavailable
-from fastproxy.responses import send_error, send_json
-from fastproxy.schemas import json_encoder
-from fastproxy.state import State
+from fastproxy.core.errors import InvalidRequest, PermissionDenied, ProxyError, ServiceUnavailable
+from fastproxy.core.responses import send_error, send_json
+from fastproxy.core.schemas import json_encoder
+from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.server.state import State
 from fastproxy.store import Store, StoreError
-from fastproxy.types import Receive, Scope, Send
 from fastproxy.usage.query import UsageQuery, UsageRecord
 
 log = logging.getLogger("fastproxy.usage")
@@ -119,7 +119,7 @@ async def _own(state: State, scope: Scope, send: Send, summary: bool) -> None:
     await send_json(send, 200, json_encoder.encode(result))
 
 
-# -- /admin: operations registered by fastproxy.admin -------------------------------------------
+# -- /admin: operations registered by fastproxy.accounts.admin -------------------------------------------
 class AdminCall(Protocol):
     store: Store
     ident: str

@@ -26,10 +26,10 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fastproxy.errors import QuotaExceeded, ServiceUnavailable
-from fastproxy.limits import Admission, Limiter
-from fastproxy.schemas import BucketLevel, Principal, TokenUsage
-from fastproxy.tasks import stop_task
+from fastproxy.core.errors import QuotaExceeded, ServiceUnavailable
+from fastproxy.core.limits import Admission, Limiter
+from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
+from fastproxy.core.tasks import stop_task
 from fastproxy.usage.row import UsageRow
 
 log = logging.getLogger("fastproxy.usage")

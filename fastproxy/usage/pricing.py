@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.schemas import TokenUsage
 
 
 class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

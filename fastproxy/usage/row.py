@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.usage.pricing import PriceTable
 
 # Order of the columns in the `usage` table that a row fills (`id` is the table's own).

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from fastproxy.limits import Limiter
-from fastproxy.metrics import Metrics
-from fastproxy.settings import Settings
-from fastproxy.state import Observer
+from fastproxy.core.limits import Limiter
+from fastproxy.core.settings import Settings
+from fastproxy.core.tasks import stop_task
+from fastproxy.observability.metrics import Metrics
+from fastproxy.server.state import Observer
 from fastproxy.store import Store, StoreError
-from fastproxy.tasks import stop_task
 from fastproxy.usage.budget import SpendTracker, UsageGate
 from fastproxy.usage.journal import Journal
 from fastproxy.usage.pricing import load_prices

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from fastproxy.records import RequestRecord
+from fastproxy.core.records import RequestRecord
 from fastproxy.store import StoreError
 from fastproxy.usage.journal import Journal
 from fastproxy.usage.row import RowMaker, UsageRow
@@ -58,7 +58,7 @@ class WriterStats:
 
 
 class WriterMetrics(Protocol):
-    """What the writer reports as it goes (fastproxy.metrics.Metrics implements it)."""
+    """What the writer reports as it goes (fastproxy.observability.metrics.Metrics implements it)."""
 
     def usage_batch_written(self, rows: int, seconds: float) -> None: ...
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from fastproxy.metrics import Metrics
+from fastproxy.observability.metrics import Metrics
 from tests.integration.servers import Server
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

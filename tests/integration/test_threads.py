@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.threads import RUNTIME_THREADS
+from fastproxy.server.threads import RUNTIME_THREADS
 from tests.integration.servers import start_mock, start_proxy
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")

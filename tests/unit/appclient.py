@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from fastproxy.app import FastProxy
-from fastproxy.lifespan import open_state
-from fastproxy.settings import Settings
-from fastproxy.state import State
+from fastproxy.core.settings import Settings
+from fastproxy.server.lifespan import open_state
+from fastproxy.server.state import State
 
 ADMIN_KEY = "admin-secret-for-tests-0001"
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fastproxy.auth import principal_of
+from fastproxy.accounts.auth import principal_of
 from tests.unit.appclient import ADMIN_KEY, app_client
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

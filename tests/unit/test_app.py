@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from fastproxy.app import FastProxy
-from fastproxy.records import RequestRecord
-from fastproxy.settings import load_settings
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.settings import load_settings
 from tests.asgi import Result, lifespan, request
 from tests.fakes import FakeResponse, FakeUpstream
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fastproxy.app import FastProxy
-from fastproxy.settings import Settings
-from fastproxy.types import Message
+from fastproxy.core.settings import Settings
+from fastproxy.core.types import Message
 from fastproxy.upstream import HeaderList, Upstream, UpstreamResponse
 
 BODY = b'{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from fastproxy.errors import QuotaExceeded, ServiceUnavailable
-from fastproxy.limits import NoLimits
-from fastproxy.schemas import Limits, Principal
+from fastproxy.core.errors import QuotaExceeded, ServiceUnavailable
+from fastproxy.core.limits import NoLimits
+from fastproxy.core.schemas import Limits, Principal
 from fastproxy.usage.budget import SpendTracker, UsageGate
 from fastproxy.usage.row import UsageRow
 

@@ -6,15 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-from fastproxy.fdlimit import HEADROOM, needed
+from fastproxy.server.fdlimit import HEADROOM, needed
 
 # Run in a child: lowering a hard limit cannot be undone by an unprivileged process.
 _CHILD = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
-    from fastproxy import cli
-    from fastproxy.settings import load_settings
+    from fastproxy.server import cli
+    from fastproxy.core.settings import load_settings
     started = []
     cli._granian = lambda *args, **kwargs: started.append(args)
     cli._serve(load_settings())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from fastproxy.heap import settled_heap
+from fastproxy.server.heap import settled_heap
 
 
 def test_freezes_and_raises_the_young_threshold_then_restores() -> None:

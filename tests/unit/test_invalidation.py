@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from fastproxy.invalidation import Invalidator, Subscriber, channel_name
+from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from tests.services import free_port, wait_for_port
 
 

@@ -8,11 +8,11 @@ from typing import Literal
 
 import pytest
 
-from fastproxy import accounts, keys
-from fastproxy.auth import KeyAuthenticator
-from fastproxy.errors import AuthenticationFailed, ServiceUnavailable
-from fastproxy.lastused import LastUsedWriter
-from fastproxy.schemas import Limits
+from fastproxy.accounts import keys, provisioning
+from fastproxy.accounts.auth import KeyAuthenticator
+from fastproxy.accounts.lastused import LastUsedWriter
+from fastproxy.core.errors import AuthenticationFailed, ServiceUnavailable
+from fastproxy.core.schemas import Limits
 from fastproxy.store import Store, open_store
 
 
@@ -60,12 +60,12 @@ async def fails(auth: KeyAuthenticator, header: bytes | None) -> str:
 async def test_every_failure_has_its_own_message(counted: tuple[Store, Queries]) -> None:
     store, _ = counted
     auth = KeyAuthenticator(store)
-    user = await accounts.create_user(store, "u")
-    revoked = await accounts.create_key(store, "r", user.id)
+    user = await provisioning.create_user(store, "u")
+    revoked = await provisioning.create_key(store, "r", user.id)
     await store.revoke_key(revoked.id, int(time.time()))
-    expired = await accounts.create_key(store, "e", user.id, expires_at=int(time.time()) - 10)
-    other = await accounts.create_user(store, "gone")
-    orphaned = await accounts.create_key(store, "o", other.id)
+    expired = await provisioning.create_key(store, "e", user.id, expires_at=int(time.time()) - 10)
+    other = await provisioning.create_user(store, "gone")
+    orphaned = await provisioning.create_key(store, "o", other.id)
     await store.update_user(other.id, {"disabled": True})
     unknown = keys.generate_key()
 
@@ -82,8 +82,8 @@ async def test_every_failure_has_its_own_message(counted: tuple[Store, Queries])
 
 async def test_principal_carries_ids_limits_and_models(counted: tuple[Store, Queries]) -> None:
     store, _ = counted
-    user = await accounts.create_user(store, "u", limits=Limits(tpd=5))
-    created = await accounts.create_key(store, "k", user.id, ["a", "b"], limits=Limits(rpm=3))
+    user = await provisioning.create_user(store, "u", limits=Limits(tpd=5))
+    created = await provisioning.create_key(store, "k", user.id, ["a", "b"], limits=Limits(rpm=3))
     principal = await KeyAuthenticator(store).authenticate(bearer(created.key))
     assert principal.key_id == created.id and principal.user_id == user.id
     assert principal.key_hint == created.key[-4:]
@@ -93,7 +93,7 @@ async def test_principal_carries_ids_limits_and_models(counted: tuple[Store, Que
 
 async def test_no_query_per_request_in_steady_state(counted: tuple[Store, Queries]) -> None:
     store, queries = counted
-    created = await accounts.create_key(store, "k")
+    created = await provisioning.create_key(store, "k")
     auth = KeyAuthenticator(store, ttl=60)
     queries.sql.clear()
     for _ in range(1000):
@@ -117,7 +117,7 @@ async def test_unknown_keys_are_cached_but_bounded(counted: tuple[Store, Queries
 async def test_cache_expires_after_ttl(counted: tuple[Store, Queries]) -> None:
     store, queries = counted
     clock = Clock()
-    created = await accounts.create_key(store, "k")
+    created = await provisioning.create_key(store, "k")
     auth = KeyAuthenticator(store, ttl=5, clock=clock)
     await auth.authenticate(bearer(created.key))
     await store.revoke_key(created.id, int(time.time()))  # behind the cache's back: no invalidation
@@ -130,9 +130,9 @@ async def test_cache_expires_after_ttl(counted: tuple[Store, Queries]) -> None:
 
 async def test_eviction_reaches_the_cache_at_once(counted: tuple[Store, Queries]) -> None:
     store, _ = counted
-    user = await accounts.create_user(store, "u")
-    a = await accounts.create_key(store, "a", user.id)
-    b = await accounts.create_key(store, "b", user.id)
+    user = await provisioning.create_user(store, "u")
+    a = await provisioning.create_key(store, "a", user.id)
+    b = await provisioning.create_key(store, "b", user.id)
     auth = KeyAuthenticator(store, ttl=3600)
     await auth.authenticate(bearer(a.key))
     await auth.authenticate(bearer(b.key))
@@ -146,8 +146,8 @@ async def test_eviction_reaches_the_cache_at_once(counted: tuple[Store, Queries]
 
 async def test_last_used_written_in_one_batch(counted: tuple[Store, Queries]) -> None:
     store, queries = counted
-    a = await accounts.create_key(store, "a")
-    b = await accounts.create_key(store, "b")
+    a = await provisioning.create_key(store, "a")
+    b = await provisioning.create_key(store, "b")
     auth = KeyAuthenticator(store, ttl=60)
     writer = LastUsedWriter(auth.take_used, store, interval=3600)
     for _ in range(20):
@@ -170,7 +170,7 @@ async def test_store_outage_policy(database_url: str, policy: Literal["stale", "
     store = await open_store(database_url, on_query=queries)
     await store.migrate()
     clock = Clock()
-    created = await accounts.create_key(store, "k")
+    created = await provisioning.create_key(store, "k")
     auth = KeyAuthenticator(store, ttl=5, clock=clock, on_store_error=policy)
     await auth.authenticate(bearer(created.key))
     await store.close()
@@ -187,7 +187,7 @@ async def test_store_outage_policy(database_url: str, policy: Literal["stale", "
 
 
 def test_auth_keys_needs_a_database() -> None:
-    from fastproxy.settings import SettingsError, load_settings
+    from fastproxy.core.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match="auth"):
         load_settings(environ={"FASTPROXY_DATABASE_URL": ""})

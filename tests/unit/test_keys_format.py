@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastproxy import keys
+from fastproxy.accounts import keys
 
 
 def test_generated_keys_are_well_formed_and_distinct() -> None:

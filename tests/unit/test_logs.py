@@ -9,11 +9,11 @@ import logging
 import os
 from pathlib import Path
 
-from fastproxy.lifespan import _open_access_log
-from fastproxy.logs import AccessLog, _chunk_limit, _JsonFormatter, _whole_lines, configure_logging
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
-from fastproxy.settings import Settings
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
+from fastproxy.core.settings import Settings
+from fastproxy.observability.logs import AccessLog, _chunk_limit, _JsonFormatter, _whole_lines, configure_logging
+from fastproxy.server.lifespan import _open_access_log
 
 RECORD = RequestRecord(
     request_id="req-1",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.metrics import Metrics, prune_dead_workers
-from fastproxy.multiproc import multiprocess_dir
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
+from fastproxy.observability.metrics import Metrics, prune_dead_workers
+from fastproxy.observability.multiproc import multiprocess_dir
 
 
 def _record(**fields: object) -> RequestRecord:

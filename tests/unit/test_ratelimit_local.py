@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from fastproxy.errors import RateLimited
-from fastproxy.limits import Admission
+from fastproxy.core.errors import RateLimited
+from fastproxy.core.limits import Admission
+from fastproxy.core.schemas import ANONYMOUS, Limits, Principal, TokenUsage
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.local import LocalLimiter
-from fastproxy.schemas import ANONYMOUS, Limits, Principal, TokenUsage
 
 
 class FakeClock:

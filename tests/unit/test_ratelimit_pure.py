@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy.core.schemas import ANONYMOUS, Limits, Principal
+from fastproxy.core.settings import SettingsError, load_settings
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Planner
 from fastproxy.ratelimit.replies import Taken, go_duration, headers, refused
-from fastproxy.schemas import ANONYMOUS, Limits, Principal
-from fastproxy.settings import SettingsError, load_settings
 
 KEY = Principal(
     key_id="k1", user_id="u1", key_hint="abcd", key_limits=Limits(rpm=5, tpm=1000), user_limits=Limits(rpd=9)

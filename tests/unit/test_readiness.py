@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fastproxy.errors import UpstreamUnreachable
-from fastproxy.readiness import run_checks
+from fastproxy.core.errors import UpstreamUnreachable
+from fastproxy.observability.readiness import run_checks
 
 
 async def _ok() -> None:

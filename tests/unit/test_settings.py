@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.settings import SettingsError, load_settings
+from fastproxy.core.settings import SettingsError, load_settings
 
 
 def test_defaults_need_no_configuration() -> None:

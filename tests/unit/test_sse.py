@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastproxy.sse import SSEWatcher
+from fastproxy.proxy.sse import SSEWatcher
 
 USAGE = (
     b'"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14,'

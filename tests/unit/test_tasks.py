@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from fastproxy.tasks import every, stop_task
+from fastproxy.core.tasks import every, stop_task
 
 
 async def test_every_runs_each_step_in_order_and_survives_a_failing_one(

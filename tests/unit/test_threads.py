@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.threads import RuntimeThreads, supported
+from fastproxy.server.threads import RuntimeThreads, supported
 
 pytestmark = pytest.mark.skipif(not supported(), reason="SCHED_BATCH and /proc are Linux's")
 NAME = "fp-test-rt"

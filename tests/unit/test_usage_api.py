@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fastproxy.state import State
+from fastproxy.server.state import State
 from fastproxy.usage.row import UsageRow
 from tests.unit.appclient import ADMIN_KEY, app_client
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.usage.pricing import PriceTableError, load_prices
 from fastproxy.usage.row import UsageRow, row_maker
 from tests.unit.test_usage_writer import record

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.store import Store, StoreError, open_store
 from fastproxy.usage.journal import Journal
 from fastproxy.usage.pricing import load_prices

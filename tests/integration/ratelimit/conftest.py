@@ -5,9 +5,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from fastproxy.core.schemas import Limits
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
-from fastproxy.schemas import Limits
 from tests.own_redis import OwnRedis
 
 

@@ -13,9 +13,9 @@ import msgspec
 import openai
 import pytest
 
+from fastproxy.core.schemas import ANONYMOUS, Limits
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
-from fastproxy.schemas import ANONYMOUS, Limits
 from tests.integration.servers import Server, start_proxy
 from tests.own_redis import OwnRedis
 from tests.services import free_port

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from fastproxy.errors import RateLimited, ServiceUnavailable
-from fastproxy.limits import Admission
+from fastproxy.core.errors import RateLimited, ServiceUnavailable
+from fastproxy.core.limits import Admission
+from fastproxy.core.schemas import ANONYMOUS, Limits, Principal, TokenUsage
 from fastproxy.ratelimit.buckets import Planner
 from fastproxy.ratelimit.redis_limiter import RedisLimiter, connect
-from fastproxy.schemas import ANONYMOUS, Limits, Principal, TokenUsage
 from tests.integration.ratelimit.conftest import Limiters
 from tests.own_redis import OwnRedis
 

@@ -4,7 +4,7 @@ Built once per worker in lifespan (importing this module creates nothing). Two m
 environment prometheus-client itself reads when it is first imported:
 
 - multiprocess: `PROMETHEUS_MULTIPROC_DIR` is set (the `fastproxy serve` master sets it to a fresh
-  directory before Granian starts the workers, see fastproxy.multiproc). Each worker writes its values
+  directory before Granian starts the workers, see fastproxy.observability.multiproc). Each worker writes its values
   to its own mmap files there; `render()` merges the files of every worker, so any worker's /metrics
   answers for the whole instance. Gauges use `livesum`: a worker's gauge files are removed when it
   stops, or at the next render once it has died (its counters stay: totals never go down).
@@ -44,8 +44,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from fastproxy.records import RequestRecord
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.schemas import TokenUsage
 
 # An LLM gateway's requests last from milliseconds (cached embeddings) to many minutes (reasoning streams).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -65,7 +65,7 @@ _LabelKey = tuple[str | None, int, int | None]
 OTHER_MODEL = "other"
 NO_MODEL = "none"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
-# Error codes (fastproxy.errors) that mean the upstream failed, and the kind they are counted as.
+# Error codes (fastproxy.core.errors) that mean the upstream failed, and the kind they are counted as.
 _UPSTREAM_ERROR_KIND = {"upstream_unreachable": "connect", "upstream_timeout": "timeout", "upstream_error": "protocol"}
 
 

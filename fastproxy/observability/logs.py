@@ -29,7 +29,7 @@ from typing import TextIO
 
 import msgspec
 
-from fastproxy.records import RequestRecord
+from fastproxy.core.records import RequestRecord
 
 _encode = msgspec.json.encode
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from fastproxy.types import Receive, Scope, Send
+from fastproxy.core.types import Receive, Scope, Send
 
 CREATED = 1_700_000_000
 WORDS = [b"The", b" quick", b" brown", b" fox", b" jumps", b" over", b" the", b" lazy", b" dog", b"."]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from fastproxy.schemas import Limits
+from fastproxy.core.schemas import Limits
 
 ENV_PREFIX = "FASTPROXY_"
 # Structured settings: a TOML table in the file, a JSON object in the environment.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fastproxy.schemas import TokenUsage
+from fastproxy.core.schemas import TokenUsage
 
 # The access log's logger name: its level decides whether access lines are written, and each line says it.
 ACCESS_LOGGER = "fastproxy.access"
@@ -12,7 +12,7 @@ ACCESS_LOGGER = "fastproxy.access"
 
 class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     """One finished request. Its JSON encoding, field for field, is the request's access line
-    (fastproxy.logs): the access log encodes a whole batch of records in one msgspec call, which is
+    (fastproxy.observability.logs): the access log encodes a whole batch of records in one msgspec call, which is
     why the line's own fields (ts, level, logger, pid) live here too."""
 
     request_id: str

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fastproxy.errors import ProxyError
-from fastproxy.types import RawHeaders, Send
+from fastproxy.core.errors import ProxyError
+from fastproxy.core.types import RawHeaders, Send
 
 JSON_CONTENT = (b"content-type", b"application/json")
 

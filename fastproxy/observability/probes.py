@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from fastproxy import __version__
-from fastproxy.errors import RouteNotFound
-from fastproxy.readiness import run_checks
-from fastproxy.responses import send_error, send_json
-from fastproxy.schemas import json_encoder
-from fastproxy.state import State
-from fastproxy.types import Receive, Scope, Send
+from fastproxy.core.errors import RouteNotFound
+from fastproxy.core.responses import send_error, send_json
+from fastproxy.core.schemas import json_encoder
+from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.observability.readiness import run_checks
+from fastproxy.server.state import State
 
 _HEALTH = json_encoder.encode({"status": "ok"})
 _ROOT = json_encoder.encode({"name": "fastproxy", "version": __version__})

@@ -22,14 +22,15 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from fastproxy import accounts
-from fastproxy.admin_schemas import KeyCreate, KeyPatch, UserCreate, UserPatch, changes
-from fastproxy.admin_schemas import key_create as key_create_decoder
-from fastproxy.admin_schemas import key_patch as key_patch_decoder
-from fastproxy.admin_schemas import user_create as user_create_decoder
-from fastproxy.admin_schemas import user_patch as user_patch_decoder
-from fastproxy.auth import principal_of
-from fastproxy.errors import (
+from fastproxy.accounts import provisioning
+from fastproxy.accounts.admin_schemas import KeyCreate, KeyPatch, UserCreate, UserPatch, changes
+from fastproxy.accounts.admin_schemas import key_create as key_create_decoder
+from fastproxy.accounts.admin_schemas import key_patch as key_patch_decoder
+from fastproxy.accounts.admin_schemas import user_create as user_create_decoder
+from fastproxy.accounts.admin_schemas import user_patch as user_patch_decoder
+from fastproxy.accounts.auth import principal_of
+from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.core.errors import (
     AuthenticationFailed,
     InvalidRequest,
     MethodNotAllowed,
@@ -37,13 +38,12 @@ from fastproxy.errors import (
     RouteNotFound,
     ServiceUnavailable,
 )
-from fastproxy.invalidation import Invalidator
-from fastproxy.limits import Limiter
-from fastproxy.responses import send_error, send_json
-from fastproxy.schemas import Limits, json_encoder
-from fastproxy.state import State
+from fastproxy.core.limits import Limiter
+from fastproxy.core.responses import send_error, send_json
+from fastproxy.core.schemas import Limits, json_encoder
+from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.server.state import State
 from fastproxy.store import Store, StoreError
-from fastproxy.types import Receive, Scope, Send
 from fastproxy.usage import api as usage_api
 
 log = logging.getLogger("fastproxy.admin")
@@ -214,7 +214,7 @@ async def _user_or_404(call: _Call, user_id: str) -> Any:
 async def create_user(call: _Call) -> tuple[int, Any]:
     body: UserCreate = _decode(user_create_decoder, call.body)
     _check_limits(body.limits)
-    user = await accounts.create_user(call.store, body.name, body.email, body.limits)
+    user = await provisioning.create_user(call.store, body.name, body.email, body.limits)
     log.info("admin: user %s created", user.id)
     return 201, user
 
@@ -256,7 +256,7 @@ async def create_key(call: _Call) -> tuple[int, Any]:
         user = await _user_or_404(call, body.user_id)
         if user.disabled:
             raise InvalidRequest(f"User '{body.user_id}' is disabled.", param="user_id")
-    created = await accounts.create_key(
+    created = await provisioning.create_key(
         call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits
     )
     log.info("admin: key %s created (ending in %s)", created.id, created.key_hint)

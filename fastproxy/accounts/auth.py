@@ -14,9 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from fastproxy import keys
-from fastproxy.errors import AuthenticationFailed, ServiceUnavailable
-from fastproxy.schemas import ANONYMOUS, Principal
+from fastproxy.accounts import keys
+from fastproxy.core.errors import AuthenticationFailed, ServiceUnavailable
+from fastproxy.core.schemas import ANONYMOUS, Principal
 from fastproxy.store import ApiKey, KeyGrant, Store, StoreError, User
 
 log = logging.getLogger("fastproxy.auth")

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from fastproxy import admin, probes
-from fastproxy.handlers import Endpoint, proxy
-from fastproxy.state import State
-from fastproxy.types import Receive, Scope, Send
+from fastproxy.accounts import admin
+from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.observability import probes
+from fastproxy.proxy.handler import Endpoint, proxy
+from fastproxy.server.state import State
 from fastproxy.usage import api as usage_api
 
 Handler = Callable[[State, Scope, Receive, Send], Awaitable[None]]

@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from fastproxy.schemas import Limits
+from fastproxy.core.schemas import Limits
 from fastproxy.store import ApiKey
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

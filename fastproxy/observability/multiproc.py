@@ -55,7 +55,7 @@ def serve_metrics_port(host: str, port: int, path: str) -> Callable[[], None]:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from fastproxy.metrics import prune_dead_workers
+    from fastproxy.observability.metrics import prune_dead_workers
 
     class _Pruning:
         def __init__(self) -> None:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from fastproxy import accounts
-from fastproxy.invalidation import Invalidator, channel_name
-from fastproxy.schemas import Limits
-from fastproxy.settings import Settings, load_settings
+from fastproxy.accounts import provisioning
+from fastproxy.accounts.invalidation import Invalidator, channel_name
+from fastproxy.core.schemas import Limits
+from fastproxy.core.settings import Settings, load_settings
 from fastproxy.store import ApiKey, Store, StoreError, open_store
 
 
@@ -68,7 +68,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_users_create(args: argparse.Namespace) -> None:
     async def job(store: Store, settings: Settings) -> None:
         await store.migrate()
-        user = await accounts.create_user(store, args.name, args.email, _limits(args))
+        user = await provisioning.create_user(store, args.name, args.email, _limits(args))
         print(user.id)
 
     _run(job)
@@ -93,7 +93,7 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
             raise CommandError(f"no user with id {args.user}")
         expires = int(time.time() + args.expires_in_days * 86400) if args.expires_in_days else None
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        created = await accounts.create_key(store, args.name, args.user, models, expires, _limits(args))
+        created = await provisioning.create_key(store, args.name, args.user, models, expires, _limits(args))
         print(f"id:  {created.id}")
         print(f"key: {created.key}")
         print("Store the key now: it is shown only this once.")
@@ -173,7 +173,7 @@ async def demo_key(settings: Settings) -> str:
         await store.migrate()
         user = next((u for u in await store.list_users(100, None) if u.name == "demo" and not u.disabled), None)
         if user is None:
-            user = await accounts.create_user(store, "demo")
-        return (await accounts.create_key(store, "demo", user.id)).key
+            user = await provisioning.create_user(store, "demo")
+        return (await provisioning.create_key(store, "demo", user.id)).key
     finally:
         await store.close()

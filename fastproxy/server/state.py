@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from fastproxy.auth import Authenticator
-from fastproxy.invalidation import Invalidator
-from fastproxy.limits import Limiter
-from fastproxy.metrics import Metrics
-from fastproxy.readiness import ReadinessCheck
-from fastproxy.records import RequestRecord
-from fastproxy.settings import Settings
+from fastproxy.accounts.auth import Authenticator
+from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.core.limits import Limiter
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.settings import Settings
+from fastproxy.observability.metrics import Metrics
+from fastproxy.observability.readiness import ReadinessCheck
 from fastproxy.store import Store
 from fastproxy.upstream import Upstream
 

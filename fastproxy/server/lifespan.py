@@ -11,20 +11,20 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from fastproxy.auth import Authenticator, KeyAuthenticator, OpenAccess
-from fastproxy.heap import settled_heap
-from fastproxy.invalidation import Invalidator, Subscriber, channel_name
-from fastproxy.lastused import LastUsedWriter
-from fastproxy.logs import AccessLog, configure_logging
-from fastproxy.metrics import Metrics
+from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
+from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
+from fastproxy.accounts.lastused import LastUsedWriter
+from fastproxy.core.records import ACCESS_LOGGER
+from fastproxy.core.settings import Settings
+from fastproxy.core.tasks import every, stop_task
+from fastproxy.observability.logs import AccessLog, configure_logging
+from fastproxy.observability.metrics import Metrics
+from fastproxy.observability.readiness import ReadinessCheck, upstream_check
 from fastproxy.ratelimit import build_limiter
-from fastproxy.readiness import ReadinessCheck, upstream_check
-from fastproxy.records import ACCESS_LOGGER
-from fastproxy.settings import Settings
-from fastproxy.state import Observer, State
+from fastproxy.server.heap import settled_heap
+from fastproxy.server.state import Observer, State
+from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
-from fastproxy.tasks import every, stop_task
-from fastproxy.threads import RuntimeThreads
 from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.usage.setup import open_usage
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastproxy import keys
-from fastproxy.admin_schemas import KeyCreated
-from fastproxy.schemas import Limits
+from fastproxy.accounts import keys
+from fastproxy.accounts.admin_schemas import KeyCreated
+from fastproxy.core.schemas import Limits
 from fastproxy.store import ApiKey, Store, User, new_id
 
 

@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from fastproxy.core.tasks import stop_task
 from fastproxy.store import Store, StoreError
-from fastproxy.tasks import stop_task
 
 log = logging.getLogger("fastproxy.lastused")
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import msgspec
 
-from fastproxy.errors import BodyTooLarge, InvalidRequest, PermissionDenied, ProxyError, UpstreamError
-from fastproxy.records import RequestRecord
-from fastproxy.responses import send_error
-from fastproxy.schemas import (
+from fastproxy.core.errors import BodyTooLarge, InvalidRequest, PermissionDenied, ProxyError, UpstreamError
+from fastproxy.core.records import RequestRecord
+from fastproxy.core.responses import send_error
+from fastproxy.core.schemas import (
     ANONYMOUS,
     Principal,
     RequestView,
@@ -31,9 +31,9 @@ from fastproxy.schemas import (
     request_decoder,
     usage_from_json,
 )
-from fastproxy.sse import SSEWatcher
-from fastproxy.state import State
-from fastproxy.types import Message, RawHeaders, Receive, Scope, Send
+from fastproxy.core.types import Message, RawHeaders, Receive, Scope, Send
+from fastproxy.proxy.sse import SSEWatcher
+from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList, UpstreamResponse
 
 log = logging.getLogger("fastproxy.proxy")

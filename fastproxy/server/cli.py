@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 
 from fastproxy import __version__
-from fastproxy.cli_accounts import CommandError, add_commands, demo_key
-from fastproxy.fdlimit import needed, raise_soft_limit
-from fastproxy.multiproc import multiprocess_dir, serve_metrics_port
-from fastproxy.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from fastproxy.accounts.cli import CommandError, add_commands, demo_key
+from fastproxy.core.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from fastproxy.observability.multiproc import multiprocess_dir, serve_metrics_port
+from fastproxy.server.fdlimit import needed, raise_soft_limit
 
 
 def _granian(target: str, host: str, port: int, workers: int, log_level: str = "warning") -> None:
@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_mock_upstream(args: argparse.Namespace) -> None:
     os.environ["MOCK_CHUNKS"] = str(args.chunks)
     os.environ["MOCK_DELAY_MS"] = str(args.delay_ms)
-    _granian("fastproxy.mock_upstream:app_from_env", args.host, args.port, args.workers)
+    _granian("fastproxy.mock.server:app_from_env", args.host, args.port, args.workers)
 
 
 def _wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 
-from fastproxy.errors import ProxyError
+from fastproxy.core.errors import ProxyError
 from fastproxy.upstream import Upstream
 
 ReadinessCheck = Callable[[], Awaitable[None]]

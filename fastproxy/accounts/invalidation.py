@@ -18,7 +18,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fastproxy.tasks import stop_task
+from fastproxy.core.tasks import stop_task
 
 log = logging.getLogger("fastproxy.invalidation")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fastproxy.schemas import BucketLevel, Principal, TokenUsage
-from fastproxy.types import RawHeaders
+from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
+from fastproxy.core.types import RawHeaders
 
 
 class Admission:

@@ -20,8 +20,8 @@ reaches the handlers, and no traceback ever reaches a client.
 
 from __future__ import annotations
 
-from fastproxy.schemas import ErrorBody, ErrorDetail, json_encoder
-from fastproxy.types import RawHeaders
+from fastproxy.core.schemas import ErrorBody, ErrorDetail, json_encoder
+from fastproxy.core.types import RawHeaders
 
 
 class ProxyError(Exception):

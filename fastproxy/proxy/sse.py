@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from fastproxy.schemas import TokenUsage, usage_from_json
+from fastproxy.core.schemas import TokenUsage, usage_from_json
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _EVENT = re.compile(rb"(.*?)(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)

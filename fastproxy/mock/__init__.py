@@ -1,0 +1,1 @@
+"""The built-in mock provider (`fastproxy mock-upstream`), for the demo, tests and benchmarks."""

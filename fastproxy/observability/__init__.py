@@ -1,0 +1,1 @@
+"""Metrics (multiprocess), the access log, readiness checks and the probe endpoints."""

@@ -1,0 +1,1 @@
+"""The request path: the route table, the hot path (`handler.proxy`) and its parts."""
