@@ -1,8 +1,10 @@
 """Request orchestration. The hot path reads top to bottom in `proxy`:
 
     headers (one pass) -> auth (cached) -> body, with a size limit -> narrow view -> model allowed?
-    -> limiter admits (one call) -> upstream, original bytes -> response streamed back, SSE watched
-    for usage -> limiter settles -> record handed to the observers (log, metrics, usage writer)
+    -> limiter admits (one call) -> route: the model's targets, tried until one answers (failover.py),
+    original bytes (only `model` rewritten for a target that names another) -> response streamed back
+    after its commit point, SSE watched for usage -> limiter settles -> record handed to the observers
+    (log, metrics, usage writer)
 
 Handlers talk only to adapters held by State; no network library is imported here.
 """
@@ -27,7 +29,8 @@ from fastproxy.proxy.body import (
     read_body,
     with_include_usage,
 )
-from fastproxy.proxy.exchange import Outcome, cancel_on_disconnect, exchange
+from fastproxy.proxy.exchange import Outcome, cancel_on_disconnect, passthrough
+from fastproxy.proxy.failover import run_plan
 from fastproxy.proxy.headers import (
     DROP_REQUEST,
     DROP_REQUEST_ACCOUNTED,
@@ -92,12 +95,18 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             out.prompt_estimate = estimate_prompt(len(body))
             forward.append(IDENTITY)
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
-        forward.extend(state.upstream_headers)
         forward.append(("x-request-id", request_id.decode()))
-        url = state.base_url + scope["path"][3:]
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
-        work = exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
+        tail = scope["path"][3:]
+        query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+        if out.model is not None:
+            # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
+            plan = state.router.plan(state.router.resolve(out.model), out.model)
+            work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
+                            admission.headers, out)  # fmt: skip
+        else:
+            forward.extend(state.upstream_headers)
+            url = state.base_url + tail + ("?" + query if query else "")
+            work = passthrough(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
         try:
             await cancel_on_disconnect(receive, work, out)
         finally:
@@ -136,6 +145,11 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         request_id_from_client=id_from_client,
         ts=time(),
         pid=state.pid,
+        provider=out.provider,
+        upstream_model=out.upstream_model,
+        attempts=out.attempts,
+        failures=out.failures,
+        partial=out.partial,
     )
     for observe in state.observers:
         observe(record)
