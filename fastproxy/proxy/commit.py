@@ -36,10 +36,14 @@ class Verdict(enum.Enum):
     ERROR = 2
 
 
+# msgspec.Raw can't be part of a union: an absent member is the empty Raw.
+_ABSENT = msgspec.Raw(b"")
+
+
 class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
-    tool_calls: msgspec.Raw | None = None
-    function_call: msgspec.Raw | None = None
+    tool_calls: msgspec.Raw = _ABSENT
+    function_call: msgspec.Raw = _ABSENT
     refusal: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
@@ -53,12 +57,16 @@ class _Choice(msgspec.Struct, gc=False):
 
 class _Event(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
-    error: msgspec.Raw | None = None
+    error: msgspec.Raw = _ABSENT
     type: str | None = None
-    usage: msgspec.Raw | None = None
+    usage: msgspec.Raw = _ABSENT
 
 
 _decode_event = msgspec.json.Decoder(_Event).decode
+
+
+def _present(raw: msgspec.Raw) -> bool:
+    return bool(raw) and bytes(raw) != b"null"
 
 
 def _verdict(payload: bytes) -> Verdict:
@@ -68,7 +76,7 @@ def _verdict(payload: bytes) -> Verdict:
         event = _decode_event(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return Verdict.COMMIT  # not ours to judge: forward what upstream said
-    if event.error is not None or (event.type is not None and event.type in _ERROR_TYPES):
+    if _present(event.error) or (event.type is not None and event.type in _ERROR_TYPES):
         return Verdict.ERROR
     if event.type is not None:
         return Verdict.WAIT if event.type in _PREAMBLE_TYPES else Verdict.COMMIT
@@ -78,14 +86,14 @@ def _verdict(payload: bytes) -> Verdict:
         delta = choice.delta
         if delta is not None and (
             delta.content
-            or delta.tool_calls is not None
-            or delta.function_call is not None
+            or delta.tool_calls
+            or delta.function_call
             or delta.refusal
             or delta.reasoning_content
             or delta.reasoning
         ):
             return Verdict.COMMIT
-    if event.usage is not None and not event.choices:
+    if _present(event.usage) and not event.choices:
         return Verdict.COMMIT  # the usage chunk: the answer is over
     return Verdict.WAIT
 

@@ -26,6 +26,7 @@ from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import Upstream, build_upstream
+from fastproxy.upstream.board import RedisBoard
 from fastproxy.upstream.router import Router
 from fastproxy.usage.setup import open_usage
 
@@ -72,6 +73,12 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             limiter = build_limiter(settings, metrics)
             stack.push_async_callback(limiter.close)
             router = Router(settings)
+            if redis is not None:
+                # Breakers opened and closed by any instance reach this worker through Redis.
+                board = RedisBoard(redis, settings.redis_prefix, router.apply)
+                board.start()
+                stack.push_async_callback(board.stop)
+                router.board = board
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             base_url = settings.upstream_url.rstrip("/")
             readiness["upstream"] = upstream_check(upstream, base_url, headers)

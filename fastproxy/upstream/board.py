@@ -1,7 +1,8 @@
 """Where breaker state is shared. `LocalBoard` keeps it per worker (no Redis); `RedisBoard` shares it
-with every instance: an opened breaker is published (`<prefix>breakers`) and stored with its expiry, so
-another instance stops sending to a dead key within a second; a half-open breaker's probe is one Redis
-`SET NX PX` permit across all instances; a success closes it everywhere.
+with every instance: an opened breaker is published on `<prefix>breakers` with its end, so another
+instance stops sending to a dead key within a second; a half-open breaker's probe is one Redis
+`SET NX PX` permit across all instances; a success closes it everywhere. An instance that starts later
+learns of an open breaker from its own failures (nothing is stored but the probe permit).
 
 Messages carry the provider name, the key's id and a time: never a key or its hash.
 """
@@ -109,8 +110,8 @@ class RedisBoard:
             provider, key_id, until = await self._outbox.get()
             message = f"{provider}\t{key_id}\t{'' if until is None else repr(until)}"
             try:
-                if until is None:
-                    await self._redis.delete(self._permit(provider, key_id))
+                # The probe (if this was one) is over either way: the next one is due after the new cooldown.
+                await self._redis.delete(self._permit(provider, key_id))
                 await self._redis.publish(self._channel, message)
             except (RedisError, OSError) as exc:
                 log.warning("could not publish a breaker change (%s)", exc)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from fastproxy.core.providers import DEFAULT_PROVIDER
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.schemas import TokenUsage
 from fastproxy.usage.pricing import PriceTable
@@ -36,6 +37,8 @@ COLUMNS = (
     "error",
     "estimated",
     "client_request_id",
+    "attempts",
+    "partial",
 )
 
 
@@ -70,6 +73,9 @@ class UsageRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     # it is the idempotency key of the row and a client may reuse ids (by mistake, or to dodge billing).
     # Last and defaulted, so journal lines written before it existed still decode.
     client_request_id: str | None = None
+    # Upstream attempts (fallbacks included); whether the stream broke off after it had started.
+    attempts: int = 1
+    partial: bool = False
 
 
 RowMaker = Callable[[RequestRecord], UsageRow]
@@ -113,9 +119,10 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             key_id=record.key_id,
             user_id=record.user_id,
             model=record.model,
-            # The upstream's own model name would need a decode of the response; the requested one stands.
-            upstream_model=record.model,
-            provider=provider,
+            # The model sent upstream by the target that answered (the route may have rewritten it).
+            upstream_model=record.upstream_model or record.model,
+            # The `default` provider (FASTPROXY_UPSTREAM_URL) is recorded under FASTPROXY_PROVIDER_NAME.
+            provider=record.provider if record.provider not in (None, DEFAULT_PROVIDER) else provider,
             endpoint=record.endpoint,
             streamed=record.stream,
             status=record.status,
@@ -131,6 +138,8 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             error=record.error,
             estimated=estimated,
             client_request_id=client_request_id,
+            attempts=record.attempts,
+            partial=record.partial,
         )
 
     return make
