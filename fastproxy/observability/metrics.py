@@ -69,6 +69,29 @@ _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _UPSTREAM_ERROR_KIND = {"upstream_unreachable": "connect", "upstream_timeout": "timeout", "upstream_error": "protocol"}
 
 
+def _outcome(error: str) -> str:
+    """A failed attempt's error as one of a few label values."""
+    if error.startswith("status_"):
+        code = error[7:]
+        if code in ("429", "401", "403"):
+            return "status_401" if code == "403" else "status_" + code
+        return "status_5xx" if code.startswith("5") else "other"
+    if error in _ATTEMPT_OUTCOMES:
+        return _ATTEMPT_OUTCOMES[error]
+    return "other"
+
+
+_ATTEMPT_OUTCOMES = {
+    "upstream_timeout": "timeout",
+    "first_token_timeout": "first_token_timeout",
+    "upstream_unreachable": "unreachable",
+    "stream_cut": "stream_cut",
+    "upstream_stream_cut": "stream_cut",
+    "upstream_stream_idle": "timeout",
+    "stream_error": "stream_error",
+}
+
+
 class Metrics:
     """The metric definitions of one worker, and the methods the rest of the proxy calls to drive them.
 
@@ -162,6 +185,29 @@ class Metrics:
             "fastproxy_usage_rows_dropped", "Usage rows dropped because the buffer and journal were full."
         )
 
+        # Providers and routes (labels: provider names come from the configuration, so they are bounded).
+        self.upstream_attempts = counter(
+            "fastproxy_upstream_attempts",
+            "Upstream attempts by provider and outcome (ok, or why it failed: status_5xx, status_429, status_401,"
+            " timeout, first_token_timeout, unreachable, stream_cut, stream_error, other).",
+            ("provider", "outcome"),
+        )
+        self.fallbacks = counter(
+            "fastproxy_fallbacks", "Requests answered by another target or key than the first tried.", ("provider",)
+        )
+        self.retries = counter("fastproxy_retries", "Upstream attempts after a request's first.")
+        self.breakers_open = gauge(
+            "fastproxy_breakers_open", "Provider keys whose circuit breaker is open or half-open.", ("provider",)
+        )
+        self.provider_ttft = histogram(
+            "fastproxy_provider_ttft_seconds",
+            "Time from the request going upstream to its first content (streams) or response, by provider.",
+            ("provider",),
+            DURATION_BUCKETS,
+        )
+        # Set by lifespan: each provider's number of open breakers, read at every flush.
+        self.breaker_counts: Callable[[], dict[str, int]] | None = None
+
         if multiprocess_dir:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
@@ -195,6 +241,33 @@ class Metrics:
             for label, usd in spent.items():
                 self.cost.labels(label).inc(usd)
         self.in_flight.set(self.serving)
+        if self.breaker_counts is not None:
+            for provider, count in self.breaker_counts().items():
+                self.breakers_open.labels(provider).set(count)
+
+    def _count_attempts(self, records: list[RequestRecord]) -> None:
+        attempts: collections.Counter[tuple[str, str]] = collections.Counter()
+        fallbacks: collections.Counter[str] = collections.Counter()
+        retries = 0
+        for r in records:
+            if r.provider is None:
+                continue
+            if r.failures:
+                for failed in r.failures:
+                    attempts[failed.provider, _outcome(failed.error)] += 1
+                if r.status < 400:
+                    fallbacks[r.provider] += 1
+            if r.attempts:
+                retries += r.attempts - 1
+                attempts[r.provider, "ok" if r.status < 500 and not r.partial else _outcome(r.error or "other")] += 1
+            if r.ttfb_ms is not None and r.proxy_ms is not None:
+                self.provider_ttft.labels(r.provider).observe(max(0.0, r.ttfb_ms - r.proxy_ms) / 1000)
+        for labels, n in attempts.items():
+            self.upstream_attempts.labels(*labels).inc(n)
+        for provider, n in fallbacks.items():
+            self.fallbacks.labels(provider).inc(n)
+        if retries:
+            self.retries.inc(retries)
 
     def _derive(self, records: list[RequestRecord]) -> None:
         # Model labels in first-seen order, so the bounded slots go to the models seen first.
@@ -210,6 +283,7 @@ class Metrics:
             self.requests.labels(*request_labels).inc(n)
             endpoints.add(request_labels[0])
         self._count_tokens(records, labels)
+        self._count_attempts(records)
         for r in [r for r in records if r.error is not None or r.status >= 400]:
             self._count_failure(r)
         # Usually one endpoint carries the whole batch: no sort then.

@@ -26,10 +26,19 @@ async def root(state: State, scope: Scope, receive: Receive, send: Send) -> None
 
 
 async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    """Readiness: every registered dependency check runs; 503 names each one that failed."""
+    """Readiness: every registered dependency check runs; 503 names each one that failed.
+
+    `providers_down` names the providers none of whose keys may be tried now. It informs and does not
+    make the instance unready: a provider's outage is every instance's, and pulling them all out of the
+    load balancer would turn fallback into a full outage.
+    """
     checks = await run_checks(state.readiness)
     failed = [name for name, check in checks.items() if not check["ok"]]
-    doc: dict[str, object] = {"status": "unready" if failed else "ready", "checks": checks}
+    doc: dict[str, object] = {
+        "status": "unready" if failed else "ready",
+        "checks": checks,
+        "providers_down": state.router.providers_down(),
+    }
     if failed:
         doc["message"] = "not ready: " + ", ".join(f"{name} ({checks[name]['error']})" for name in failed)
     await send_json(send, 503 if failed else 200, json_encoder.encode(doc))

@@ -39,6 +39,7 @@ from fastproxy.proxy.headers import (
     proxy_timing,
     server_timing,
 )
+from fastproxy.proxy.models import serve_models
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList
 
@@ -103,6 +104,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             plan = state.router.plan(state.router.resolve(out.model), out.model)
             work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
                             admission.headers, out)  # fmt: skip
+        elif state.catalog is not None and endpoint.name == "models":
+            work = serve_models(state.catalog, scope["method"], tail, send, request_id, admission.headers, out)
         else:
             forward.extend(state.upstream_headers)
             url = state.base_url + tail + ("?" + query if query else "")

@@ -27,6 +27,7 @@ from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import Upstream, build_upstream
 from fastproxy.upstream.board import RedisBoard
+from fastproxy.upstream.catalog import Catalog
 from fastproxy.upstream.router import Router
 from fastproxy.usage.setup import open_usage
 
@@ -79,6 +80,12 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 board.start()
                 stack.push_async_callback(board.stop)
                 router.board = board
+            if metrics is not None:
+                metrics.breaker_counts = router.open_breakers
+            catalog = None
+            if settings.providers or settings.routes:
+                catalog = Catalog(router, upstream)
+                _own_task(stack, catalog.run())
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             base_url = settings.upstream_url.rstrip("/")
             readiness["upstream"] = upstream_check(upstream, base_url, headers)
@@ -109,6 +116,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 readiness=readiness,
                 pid=os.getpid(),
                 store=store,
+                catalog=catalog,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
             )
     finally:

@@ -14,6 +14,7 @@ from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck
 from fastproxy.store import Store
 from fastproxy.upstream import Upstream
+from fastproxy.upstream.catalog import Catalog
 from fastproxy.upstream.router import Router
 
 # Called with every finished request's record; must not block (access log, metrics, usage writer).
@@ -42,5 +43,7 @@ class State:
     pid: int
     # The key/user store; None when no database is configured (then only FASTPROXY_AUTH=none works).
     store: Store | None = None
+    # /v1/models from the providers and routes; None when none is configured (passed through as always).
+    catalog: Catalog | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).
     invalidator: Invalidator | None = None

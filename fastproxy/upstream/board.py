@@ -109,9 +109,14 @@ class RedisBoard:
         while True:
             provider, key_id, until = await self._outbox.get()
             message = f"{provider}\t{key_id}\t{'' if until is None else repr(until)}"
+            permit = self._permit(provider, key_id)
             try:
-                # The probe (if this was one) is over either way: the next one is due after the new cooldown.
-                await self._redis.delete(self._permit(provider, key_id))
+                if until is None:
+                    await self._redis.delete(permit)
+                else:
+                    # Nobody probes before the cooldown ends: the permit is held until then (a failed probe's
+                    # permit is not freed early, or another instance would probe again at once).
+                    await self._redis.set(permit, b"1", px=max(1, int((until - time.time()) * 1000)))
                 await self._redis.publish(self._channel, message)
             except (RedisError, OSError) as exc:
                 log.warning("could not publish a breaker change (%s)", exc)

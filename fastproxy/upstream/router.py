@@ -1,9 +1,7 @@
 """Model routes: which (provider, key) pairs a request for a model tries, in what order.
 
-A route's targets are grouped by priority (lowest first). Within a group traffic is shared by weight:
-two candidates are drawn by weight and the one with fewer requests in flight wins (the first drawn on a
-tie, so an idle route splits exactly by weight; a target more than twice as slow as the other loses).
-A failure tells the plan what kind it was:
+A route's targets are grouped by priority (lowest first). Within a group traffic is shared by weight
+(weighted power of two choices: `_choose`). A failure tells the plan what kind it was:
 
     key     (429, 401/403)            another key of the same target, else the next target
     target  (5xx, 529, timeouts, cuts) the next target of the group, then the next group; once every
@@ -74,15 +72,22 @@ def _healthy(target: LiveTarget, now: float) -> bool:
 
 
 def _choose(candidates: list[LiveTarget], now: float) -> LiveTarget:
+    """Weighted power of two choices: two draws by weight; the first wins unless it is clearly worse.
+
+    "Clearly": four times the other's load per unit of weight plus eight requests, or more than twice its
+    latency (EWMA) plus 100 ms. Only a clearly worse draw is passed over, so targets that keep up share traffic
+    exactly by weight (a plain least-loaded pick skews the split toward whichever target's load
+    happens to dip), while an overloaded or slow target sheds its share to the others.
+    """
     if len(candidates) == 1:
         return candidates[0]
     a, b = random.choices(candidates, [t.weight for t in candidates], k=2)  # noqa: S311 - load balancing
     if a is b:
         return a
-    if a.inflight != b.inflight:
-        return a if a.inflight < b.inflight else b
-    ka, kb = a.ewma_ms, b.ewma_ms
-    if ka and kb and ka > 2 * kb:
+    la, lb = a.inflight / a.weight, b.inflight / b.weight
+    if la >= 4 * lb + 8:
+        return b
+    if a.ewma_ms and b.ewma_ms and a.ewma_ms > 2 * b.ewma_ms + 100:
         return b
     return a
 
@@ -233,6 +238,15 @@ class Router:
 
     def plan(self, route: LiveRoute, model: str, pinned: str | None = None) -> Plan:
         return Plan(self, route, model, pinned)
+
+    def open_breakers(self) -> dict[str, int]:
+        """Each provider's keys whose breaker is open or half-open (a metric)."""
+        return {name: sum(k.breaker.state != "closed" for k in p.keys) for name, p in self.providers.items()}
+
+    def providers_down(self) -> list[str]:
+        """Providers none of whose keys may be tried now (breakers open, or resting after 429 / 401)."""
+        now = time.monotonic()
+        return [name for name, p in self.providers.items() if not p.available(now)]
 
     def key(self, provider: str, key_id: str) -> LiveKey | None:
         live = self.providers.get(provider)

@@ -340,3 +340,55 @@ async def test_every_target_down_stays_within_the_budgets(
     # A retry storm would be 3 attempts per request (max_attempts); the worker's retry budget allows
     # retries of 20 % of its requests over 10 s, plus 5.
     assert requests < attempts <= requests * 1.2 + 5, attempts
+
+
+async def test_a_breaker_opened_by_one_instance_keeps_the_other_off_and_one_probe_crosses(
+    mocks: tuple[Server, Server], http: httpx.AsyncClient, redis_url: str, redis_prefix: str
+) -> None:
+    a, b = mocks
+    dead = "shared-model~status=500"
+    providers = {"shared_a": {"base_url": a.url + "/v1"}, "b": {"base_url": b.url + "/v1"}}
+    routes = {"shared": {"targets": [{"provider": "shared_a", "model": dead}, {"provider": "b", "model": MODEL}]}}
+    env = {
+        "FASTPROXY_PROVIDERS": json.dumps(providers),
+        "FASTPROXY_ROUTES": json.dumps(routes),
+        "FASTPROXY_REDIS_URL": redis_url,
+        "FASTPROXY_REDIS_PREFIX": redis_prefix,
+        "FASTPROXY_BREAKER_FAILURES": "3",
+        "FASTPROXY_BREAKER_COOLDOWN": "3",
+        "FASTPROXY_RETRY_BUDGET_MIN": "10000",
+    }
+    first, second = start_proxy(b.url + "/v1", **env), start_proxy(b.url + "/v1", **env)
+    body = {"model": "shared", "messages": MESSAGES}
+    try:
+        base = await _count(http, a, dead)
+        for _ in range(3):  # A's breaker opens
+            assert (await http.post(first.url + "/v1/chat/completions", json=body)).status_code == 200
+        assert await _count(http, a, dead) - base == 3
+        await asyncio.sleep(1.0)  # within a second, B has heard of it
+        for _ in range(10):
+            assert (await http.post(second.url + "/v1/chat/completions", json=body)).status_code == 200
+        assert await _count(http, a, dead) - base == 3  # B never sent it to the dead target
+        await asyncio.sleep(2.5)  # both breakers' cooldowns are over: one probe in all
+
+        async def burst(server: Server) -> None:
+            for _ in range(5):
+                assert (await http.post(server.url + "/v1/chat/completions", json=body)).status_code == 200
+
+        await asyncio.gather(burst(first), burst(second))
+        assert await _count(http, a, dead) - base == 4
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_models_lists_routes_and_provider_models_and_skips_a_dead_provider(client: openai.AsyncOpenAI) -> None:
+    ids = [m.id async for m in client.models.list()]
+    assert {"s500", "cut_late", "split"} <= set(ids)  # the routes
+    assert "mock-model" in ids  # the default provider's own models keep their ids
+    assert "b/mock-model" in ids and "a_s500/mock-model" in ids
+    assert not any(i.startswith("a_refused/") for i in ids)  # nothing listens there: left out, list intact
+    assert (await client.models.retrieve("b/gpt-4o-mini")).owned_by == "b"
+    assert (await client.models.retrieve("s500")).owned_by == "fastproxy"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
