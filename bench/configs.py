@@ -4,11 +4,12 @@
 measures bare + each feature alone ("the cost of each feature on its own"), and `full` = bare + every
 feature. A new feature is one more entry here: it appears both on its own and inside `full`.
 
-Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}.
+Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}, {upstream_url}.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,6 +110,32 @@ def proxy_configs() -> dict[str, ProxyConfig]:
     for name, f in FEATURES.items():
         out[f"+{name}"] = ProxyConfig(f"+{name}", {**BARE, **f.env}, f.key)
     out["full"] = _full()
+    full = out["full"]
+    # Providers and routes (issue 17): full with the load's model routed over two providers (the same
+    # upstream) at equal priority, so every request goes through the weighted choice; and full whose
+    # route's first target refuses connections (port 9), so every request fails over to the second.
+    # Breakers and the retry budget are set out of the way there: each request pays the failover.
+    two = json.dumps({"p1": {"base_url": "{upstream_url}"}, "p2": {"base_url": "{upstream_url}"}})
+    route = json.dumps(
+        {"gpt-4o-mini": {"targets": [{"provider": "p1", "priority": 0}, {"provider": "p2", "priority": 0}]}}
+    )
+    out["full-route"] = ProxyConfig(
+        "full-route", {**full.env, "FASTPROXY_PROVIDERS": two, "FASTPROXY_ROUTES": route}, full.key
+    )
+    dead = json.dumps({"dead": {"base_url": "http://127.0.0.1:9/v1"}, "p2": {"base_url": "{upstream_url}"}})
+    failover = json.dumps({"gpt-4o-mini": {"targets": [{"provider": "dead"}, {"provider": "p2"}]}})
+    out["full-failover"] = ProxyConfig(
+        "full-failover",
+        {
+            **full.env,
+            "FASTPROXY_PROVIDERS": dead,
+            "FASTPROXY_ROUTES": failover,
+            "FASTPROXY_BREAKER_FAILURES": "1000000000",
+            "FASTPROXY_BREAKER_MIN_REQUESTS": "1000000000",
+            "FASTPROXY_RETRY_BUDGET": "10",
+        },
+        full.key,
+    )
     # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
     out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out

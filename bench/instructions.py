@@ -133,7 +133,12 @@ def main() -> None:
                 cfg = configs[name]
                 env = {
                     **clean_env(),
-                    **cfg.resolved(database_url=bk.database_url, redis_url=bk.redis_url, redis_prefix=bk.redis_prefix),
+                    **cfg.resolved(
+                        database_url=bk.database_url,
+                        redis_url=bk.redis_url,
+                        redis_prefix=bk.redis_prefix,
+                        upstream_url=f"http://127.0.0.1:{nginx_port}/v1",
+                    ),
                     "FASTPROXY_UPSTREAM_URL": f"http://127.0.0.1:{nginx_port}/v1",
                     "FASTPROXY_REDIS_TIMEOUT": "5",
                     **_dilated(a.dilation),

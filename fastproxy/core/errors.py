@@ -12,7 +12,8 @@
     ├── ServiceUnavailable (503)
     └── UpstreamError (502 upstream_error)
         ├── UpstreamUnreachable (502 upstream_unreachable)
-        └── UpstreamTimeout (504 upstream_timeout)
+        ├── UpstreamTimeout (504 upstream_timeout)
+        └── UpstreamUnavailable (503 upstream_unavailable: every target resting behind open breakers)
 
 Adapters map library exceptions to these (raised `from` the original) so nothing library-specific
 reaches the handlers, and no traceback ever reaches a client.
@@ -112,6 +113,11 @@ class UpstreamUnreachable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
 
 
 INTERNAL_ERROR_BODY = ProxyError("The server had an error while processing your request.").body()

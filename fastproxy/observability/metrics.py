@@ -259,7 +259,9 @@ class Metrics:
                     fallbacks[r.provider] += 1
             if r.attempts:
                 retries += r.attempts - 1
-                attempts[r.provider, "ok" if r.status < 500 and not r.partial else _outcome(r.error or "other")] += 1
+            if r.attempts > len(r.failures or ()):
+                # The last attempt answered (its failures, if any, are counted above).
+                attempts[r.provider, "ok" if not r.partial else _outcome(r.error or "other")] += 1
             if r.ttfb_ms is not None and r.proxy_ms is not None:
                 self.provider_ttft.labels(r.provider).observe(max(0.0, r.ttfb_ms - r.proxy_ms) / 1000)
         for labels, n in attempts.items():

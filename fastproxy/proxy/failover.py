@@ -22,7 +22,13 @@ import logging
 import random
 from time import monotonic, perf_counter
 
-from fastproxy.core.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from fastproxy.core.errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+)
 from fastproxy.core.records import FailedAttempt
 from fastproxy.core.schemas import usage_from_json
 from fastproxy.core.types import RawHeaders, Send
@@ -112,6 +118,7 @@ async def run_plan(
     deadline = out.started + state.settings.request_timeout
     choice: tuple[LiveTarget, LiveKey] | None = plan.first(now)
     last: _Failed | None = None
+    denied = 0
     while choice is not None:
         target, key = choice
         if out.attempts:
@@ -120,7 +127,11 @@ async def run_plan(
             if plan.repeat:
                 await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**out.attempts)))  # noqa: S311
         if key.breaker.state != "closed" and not await router.probe(key):
-            # Another worker or instance holds this breaker's one probe: not an attempt, look elsewhere.
+            # Another worker or instance holds this breaker's one probe: not an attempt, look elsewhere
+            # (a bounded number of times: every target may be resting behind someone else's probe).
+            denied += 1
+            if denied > 2 * budget:
+                break
             now = monotonic()
             choice = plan.next(Failure.TARGET, now)
             continue
@@ -134,7 +145,10 @@ async def run_plan(
             now = monotonic()
             _record_failure(state, target, key, failed, now, out)
             choice = plan.next(failed.kind, now)
-    assert last is not None  # the plan always offers a first attempt
+    if last is None:
+        raise UpstreamUnavailable(
+            "Every target of this model is resting after failures (circuit breakers open); try again shortly."
+        )
     await _give_up(last, send, request_id, extra_headers, out)
 
 

@@ -170,4 +170,7 @@ class LiveProvider:
         return random.choices(candidates, weights)[0]  # noqa: S311 - load balancing, not security
 
     def available(self, now: float) -> bool:
-        return any(k.available(now) for k in self.keys)
+        keys = self.keys
+        if len(keys) == 1:
+            return keys[0].available(now)
+        return any(k.available(now) for k in keys)

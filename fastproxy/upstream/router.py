@@ -15,6 +15,7 @@ provider (FASTPROXY_UPSTREAM_URL) with the model unchanged.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import random
 import time
@@ -48,7 +49,7 @@ class LiveTarget:
 
 
 class LiveRoute:
-    __slots__ = ("context_fallback", "direct", "groups", "max_attempts", "name")
+    __slots__ = ("context_fallback", "cum_weights", "direct", "groups", "max_attempts", "name")
 
     def __init__(
         self,
@@ -65,13 +66,15 @@ class LiveRoute:
         self.context_fallback = context_fallback
         priorities = sorted({t.priority for t in targets})
         self.groups = [[t for t in targets if t.priority == p] for p in priorities]
+        # Cumulative weights per group, for the usual draw (every target of the group healthy).
+        self.cum_weights = [list(itertools.accumulate(t.weight for t in group)) for group in self.groups]
 
 
 def _healthy(target: LiveTarget, now: float) -> bool:
     return target.provider.available(now)
 
 
-def _choose(candidates: list[LiveTarget], now: float) -> LiveTarget:
+def _choose(candidates: list[LiveTarget], now: float, cum_weights: list[float] | None = None) -> LiveTarget:
     """Weighted power of two choices: two draws by weight; the first wins unless it is clearly worse.
 
     "Clearly": four times the other's load per unit of weight plus eight requests, or more than twice its
@@ -81,7 +84,9 @@ def _choose(candidates: list[LiveTarget], now: float) -> LiveTarget:
     """
     if len(candidates) == 1:
         return candidates[0]
-    a, b = random.choices(candidates, [t.weight for t in candidates], k=2)  # noqa: S311 - load balancing
+    if cum_weights is None:
+        cum_weights = list(itertools.accumulate(t.weight for t in candidates))
+    a, b = random.choices(candidates, cum_weights=cum_weights, k=2)  # noqa: S311 - load balancing
     if a is b:
         return a
     la, lb = a.inflight / a.weight, b.inflight / b.weight
@@ -163,12 +168,15 @@ class Plan:
         return self._with_key(self._pick_target(now), now)
 
     def _pick_target(self, now: float) -> LiveTarget:
-        groups = self._route.groups
-        for group in groups:
-            fresh = [t for t in group if t not in self._tried_targets]
-            healthy = [t for t in fresh if _healthy(t, now)]
+        route = self._route
+        groups = route.groups
+        tried = self._tried_targets
+        for i, group in enumerate(groups):
+            healthy = [t for t in group if t not in tried and t.provider.available(now)]
             if healthy:
                 self.repeat = False
+                if len(healthy) == len(group):
+                    return _choose(healthy, now, route.cum_weights[i])
                 return _choose(healthy, now)
         # Every target tried or resting: the healthiest of all, again (with a backoff by the caller);
         # when all rest, the one whose cooldown ends first rather than no attempt.
