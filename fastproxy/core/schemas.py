@@ -23,6 +23,9 @@ class RequestView(msgspec.Struct, gc=False):
     max_completion_tokens: int | None = None
     max_output_tokens: int | None = None
     n: int | None = None
+    # The response cache's rule for a deterministic request (fastproxy/cache/policy.py).
+    temperature: float | None = None
+    seed: int | None = None
 
 
 class _TokenDetails(msgspec.Struct, gc=False):

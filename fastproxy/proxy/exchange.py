@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
 
+from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import UpstreamError
 from fastproxy.core.schemas import TokenUsage, usage_from_json
 from fastproxy.core.types import Message, RawHeaders, Receive, Send
@@ -24,6 +25,7 @@ class Outcome:
     """Per-request facts gathered on the way, turned into a RequestRecord at the end."""
 
     __slots__ = (
+        "cache_hit",
         "disconnected",
         "error",
         "events",
@@ -55,6 +57,8 @@ class Outcome:
         # When the request went upstream (perf_counter), for Server-Timing and the metrics.
         self.sent: float | None = None
         self.prompt_estimate = 0
+        # Answered by the response cache (or by an identical request in flight), not by the upstream.
+        self.cache_hit = False
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -100,19 +104,23 @@ async def exchange(
     request_id: bytes,
     extra_headers: RawHeaders,
     out: Outcome,
+    tee: Lookup | None = None,
 ) -> None:
     out.sent = sent = perf_counter()
     resp = await state.upstream.send(method, url, headers, body, stream=out.stream)
     out.upstream_status = out.status = resp.status
     response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE]
+    content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
+    is_stream = content_type.startswith(b"text/event-stream")
+    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
+        tee.start(resp.status, response_headers.copy(), is_stream)
     response_headers.append((b"x-request-id", request_id))
     response_headers.append(server_timing(out.started, sent, perf_counter()))
     response_headers.extend(extra_headers)
-    content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
-    if content_type.startswith(b"text/event-stream"):
+    if is_stream:
         response_headers.extend(STREAM_HEADERS)
         watcher = SSEWatcher(strip=out.injected) if out.model is not None else None
-        await _stream(resp, send, response_headers, watcher, out)
+        await _stream(resp, send, response_headers, watcher, out, tee)
     elif out.model is not None:
         try:
             data = await resp.read()
@@ -123,6 +131,9 @@ async def exchange(
         out.ttfb = perf_counter()
         if resp.status < 300:
             out.usage = usage_from_json(data)[0]
+        if tee is not None:  # cache hook: the whole body, stored when it is a 200
+            tee.chunk(data)
+            tee.end(out.usage)
         response_headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
@@ -131,13 +142,20 @@ async def exchange(
 
 
 async def _stream(
-    resp: UpstreamResponse, send: Send, headers: RawHeaders, watcher: SSEWatcher | None, out: Outcome
+    resp: UpstreamResponse,
+    send: Send,
+    headers: RawHeaders,
+    watcher: SSEWatcher | None,
+    out: Outcome,
+    tee: Lookup | None = None,
 ) -> None:
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     try:
         async for chunk in resp.chunks():
             if out.ttfb is None:
                 out.ttfb = perf_counter()
+            if tee is not None:  # cache hook: the raw upstream events, before any include_usage stripping
+                tee.chunk(chunk)
             if watcher is not None:
                 chunk = watcher.feed(chunk)
                 if not chunk:
@@ -158,4 +176,6 @@ async def _stream(
     finally:
         if watcher is not None:
             out.usage, out.events = watcher.usage, watcher.events
+    if tee is not None and out.error is None:  # cache hook: a stream that completed may be stored
+        tee.end(out.usage)
     await send({"type": "http.response.body", "body": b""})

@@ -13,11 +13,12 @@ import os
 from dataclasses import dataclass
 from time import perf_counter, time
 
+from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import InvalidRequest, PermissionDenied, ProxyError
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.responses import send_error
 from fastproxy.core.schemas import ANONYMOUS, Principal, RequestView, TokenUsage
-from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.core.types import RawHeaders, Receive, Scope, Send
 from fastproxy.proxy.body import (
     ClientDisconnected,
     decode_view,
@@ -36,6 +37,7 @@ from fastproxy.proxy.headers import (
     proxy_timing,
     server_timing,
 )
+from fastproxy.proxy.sse import SSEWatcher
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList
 
@@ -85,23 +87,43 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         declared = parse_length(content_length) if content_length is not None else -1
         body = await read_body(receive, state.settings.max_body_bytes, declared)
         estimate = 0
+        lookup: Lookup | None = None
         if endpoint.accounted:
             view = decode_view(body)
             body = _prepare_body(body, view, endpoint, principal, out)
             estimate = estimate_tokens(len(body), view, state.settings.default_max_tokens)
             out.prompt_estimate = estimate_prompt(len(body))
             forward.append(IDENTITY)
+            if state.cache is not None:  # cache hook 1: look the request up before anything is taken or sent
+                lookup = await state.cache.lookup(
+                    scope["headers"],
+                    endpoint.name,
+                    principal,
+                    view.temperature,
+                    view.seed,
+                    state.base_url,
+                    view.model or "",
+                    body,
+                )
+                if lookup.entry is not None and not state.settings.cache_hit_tokens:
+                    estimate = 0  # a hit takes one request from the limits, no tokens
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
         forward.extend(state.upstream_headers)
         forward.append(("x-request-id", request_id.decode()))
         url = state.base_url + scope["path"][3:]
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
-        work = exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
+        if lookup is None:
+            work = exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
+        else:  # cache hook 2: answered from the cache, or upstream with the response teed into it
+            work = _cached(state, lookup, scope["method"], url, forward, body, send, request_id, admission.headers, out)
         try:
             await cancel_on_disconnect(receive, work, out)
         finally:
-            await state.limiter.settle(admission, _used(out))
+            if lookup is not None:
+                lookup.release()
+            free = out.cache_hit and not state.settings.cache_hit_tokens
+            await state.limiter.settle(admission, _NOTHING_USED if free else _used(out))
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
         now = perf_counter()
@@ -136,9 +158,37 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         request_id_from_client=id_from_client,
         ts=time(),
         pid=state.pid,
+        cache_hit=out.cache_hit,
     )
     for observe in state.observers:
         observe(record)
+
+
+async def _cached(
+    state: State,
+    lookup: Lookup,
+    method: str,
+    url: str,
+    forward: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    limits: RawHeaders,
+    out: Outcome,
+) -> None:
+    """The cache's part of the request (fastproxy/cache): a hit or a follower of an identical request in
+    flight is answered here; otherwise (or when the followed request failed) it goes upstream as usual."""
+    if lookup.answers:
+        framer = SSEWatcher(strip=out.injected) if out.stream else None
+        now = perf_counter()
+        headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
+        if await lookup.serve(send, headers, framer):
+            out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
+            if framer is not None:
+                out.events = framer.events
+            return
+    tee = lookup if lookup.tees else None
+    await exchange(state, method, url, forward, body, send, request_id, [*limits, lookup.header], out, tee)
 
 
 def _used(out: Outcome) -> TokenUsage | None:

@@ -36,6 +36,8 @@ COLUMNS = (
     "error",
     "estimated",
     "client_request_id",
+    "cache_hit",
+    "cost_saved_usd",
 )
 
 
@@ -70,6 +72,10 @@ class UsageRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     # it is the idempotency key of the row and a client may reuse ids (by mistake, or to dodge billing).
     # Last and defaulted, so journal lines written before it existed still decode.
     client_request_id: str | None = None
+    # Answered by the response cache: the tokens are the original answer's, cost_usd is 0 and
+    # cost_saved_usd what the upstream would have charged. Defaulted, for older journal lines.
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
 
 RowMaker = Callable[[RequestRecord], UsageRow]
@@ -107,6 +113,7 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             estimated = usage is not None
         if usage is None:
             usage = _ZERO
+        cost = prices.cost(record.model, usage)
         return UsageRow(
             request_id=request_id,
             ts=clock() - record.latency_ms / 1000,
@@ -124,13 +131,15 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             total_tokens=usage.total,
             cached_tokens=usage.cached,
             reasoning_tokens=usage.reasoning,
-            cost_usd=prices.cost(record.model, usage),
+            cost_usd=0.0 if record.cache_hit else cost,
             latency_ms=record.latency_ms,
             ttfb_ms=record.ttfb_ms,
             client_ip=record.client_ip,
             error=record.error,
             estimated=estimated,
             client_request_id=client_request_id,
+            cache_hit=record.cache_hit,
+            cost_saved_usd=cost if record.cache_hit else 0.0,
         )
 
     return make

@@ -76,8 +76,17 @@ def test_a_client_request_id_is_kept_beside_a_unique_one_of_the_proxy() -> None:
     assert (own.request_id, own.client_request_id) == ("abc123", None)
 
 
-def test_journal_lines_without_the_newest_column_still_decode() -> None:
+def test_journal_lines_without_the_newest_columns_still_decode() -> None:
     line = msgspec.json.encode(make(record(1)))
-    assert line.endswith(b",null]")
-    older = line.removesuffix(b",null]") + b"]"
+    # client_request_id, then the cache's cache_hit and cost_saved_usd (migration 0005).
+    assert line.endswith(b",null,false,0.0]")
+    older = line.removesuffix(b",null,false,0.0]") + b"]"
     assert msgspec.json.decode(older, type=UsageRow) == make(record(1))
+
+
+def test_a_cache_hit_costs_nothing_and_records_what_it_saved() -> None:
+    miss = make(record(1))
+    hit = make(record(2, cache_hit=True))
+    assert miss.cost_usd > 0 and (miss.cache_hit, miss.cost_saved_usd) == (False, 0.0)
+    assert (hit.cache_hit, hit.cost_usd, hit.cost_saved_usd) == (True, 0.0, miss.cost_usd)
+    assert (hit.prompt_tokens, hit.completion_tokens) == (miss.prompt_tokens, miss.completion_tokens)

@@ -1,0 +1,85 @@
+"""A stored answer and the cache key, both pure.
+
+The key is SHA-256 over the scope, the endpoint, the resolved upstream (base URL and model as sent
+upstream) and the request body bytes as sent upstream, each length-prefixed so no two different
+tuples hash alike. The scope comes from the authenticated principal, never from the client, so a
+client cannot name (or probe) another tenant's entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+# Bumped when the stored layout changes: an entry of another version decodes as a miss.
+FORMAT = 1
+_HEADER_OVERHEAD = 64
+
+
+class Entry(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """One cached 200 answer. `chunks` are the upstream's bytes as they arrived (one for a plain body);
+    a stream's chunks are the raw upstream events, before any include_usage stripping, so each
+    client's own stripping can be applied on replay."""
+
+    version: int
+    created: float
+    status: int
+    stream: bool
+    headers: list[tuple[bytes, bytes]]
+    chunks: list[bytes]
+    # The original usage: prompt, completion, total, cached, reasoning tokens.
+    usage: tuple[int, int, int, int, int] | None = None
+
+    def size(self) -> int:
+        """Bytes this entry holds (payload plus a fixed overhead per chunk and header), for the LRU bound."""
+        n = _HEADER_OVERHEAD * (len(self.chunks) + len(self.headers) + 4)
+        for chunk in self.chunks:
+            n += len(chunk)
+        for name, value in self.headers:
+            n += len(name) + len(value)
+        return n
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def encode(entry: Entry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode(data: bytes) -> Entry | None:
+    """The entry, or None when the bytes are not one of this version (a corrupt entry is a miss)."""
+    try:
+        entry = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return entry if entry.version == FORMAT else None
+
+
+def _part(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def tag(value: str) -> str:
+    """A short, stable, non-reversible label for a scope or a route inside backend keys (purges match it)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+class CacheKey(msgspec.Struct, frozen=True, gc=False):
+    """Where an entry lives: `digest` identifies it; the tags let purges find it by scope or route."""
+
+    digest: str
+    scope_tag: str
+    route_tag: str
+
+
+def derive(scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
+    """The key of a request. `upstream`: the resolved upstream (today the base URL); `model`: as sent upstream."""
+    head = _part(scope.encode()) + _part(endpoint.encode()) + _part(upstream.encode()) + _part(model.encode())
+    h = hashlib.sha256(head)
+    h.update(len(body).to_bytes(4, "big"))
+    h.update(body)  # the bytes as sent upstream, never decoded or copied
+    digest = h.hexdigest()
+    return CacheKey(digest, tag(scope), tag(model))
