@@ -241,3 +241,23 @@ async def test_fifty_concurrent_identical_requests_reach_upstream_once(
     assert await upstream_requests(http, upstream) == base + 2
     assert [s[0] for s in streams].count("miss") == 1
     assert len({s[1] for s in streams}) == 1 and streams[0][1].endswith(b"data: [DONE]\n\n")
+
+
+async def test_errors_and_cut_streams_are_never_stored(
+    pair: list[Server], upstream: Server, http: httpx.AsyncClient
+) -> None:
+    a = pair[0]
+    key = (await new_key(http, a, await new_user(http, a)))["key"]
+    async with sdk(a, key) as client:
+        with pytest.raises(openai.InternalServerError):
+            await embed(client, "flaky", **{"x-mock-status": "500"})
+        await asyncio.sleep(0.05)
+        assert (await embed(client, "flaky"))[0] == "miss"
+    body = {"model": "mock-model", "messages": [{"role": "user", "content": "cut"}], "stream": True, "temperature": 0}
+    headers = {"Authorization": f"Bearer {key}", "x-mock-delay-ms": "50"}
+    async with http.stream("POST", a.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        async for _ in resp.aiter_raw():
+            break  # the client leaves after the first event
+    await asyncio.sleep(0.3)
+    outcome, data = await raw_stream(http, a, key, body)
+    assert outcome == "miss" and data.endswith(b"data: [DONE]\n\n")
