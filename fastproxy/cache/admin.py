@@ -18,7 +18,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from fastproxy.cache.entry import tag
 from fastproxy.cache.service import ResponseCache
 from fastproxy.core.errors import MethodNotAllowed, ProxyError, RouteNotFound, ServiceUnavailable
 
@@ -34,34 +33,34 @@ class CacheOff(ProxyError):
 
 
 def _target(path: str) -> tuple[str | None, str | None]:
-    """(scope tag, route tag) of a purge path; RouteNotFound for any other path."""
+    """(scope, model) of a purge path; RouteNotFound for any other path."""
     parts = path.removeprefix(PREFIX).strip("/").split("/")
     if parts == [""]:
         return None, None
     if parts == ["global"]:
-        return tag("global"), None
+        return "global", None
     if len(parts) == 2 and _ID.match(parts[1]):
         kind, ident = parts
         if kind == "users":
-            return tag("user:" + ident), None
+            return "user:" + ident, None
         if kind == "keys":
-            return tag("key:" + ident), None
+            return "key:" + ident, None
         if kind == "models":
-            return None, tag(ident)
+            return None, ident
     raise RouteNotFound(f"Invalid URL (DELETE {path})")
 
 
 async def handle(cache: ResponseCache | None, method: str, path: str) -> tuple[int, Any]:
-    scope_tag, route_tag = _target(path)
+    scope, model = _target(path)
     if method != "DELETE":
         raise MethodNotAllowed(f"Method {method} not allowed for {path}.", headers=[(b"allow", b"DELETE")])
     if cache is None:
         raise CacheOff("The response cache is off (FASTPROXY_CACHE).")
     try:
-        deleted = await cache.purge(scope_tag, route_tag)
+        deleted = await cache.purge(scope, model)
     except (RedisError, OSError) as exc:
         log.error("admin DELETE %s: %s", path, type(exc).__name__)
         raise ServiceUnavailable("The cache's Redis is unavailable; please retry.") from exc
     log.info("admin: cache purge %s removed %d entries", path, deleted)
-    backend = "memory" if cache.memory is not None else "redis"
+    backend = "redis" if cache.redis is not None else "memory"
     return 200, {"object": "cache.purge", "deleted": deleted, "backend": backend}

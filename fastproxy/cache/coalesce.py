@@ -75,12 +75,12 @@ class Flights:
     """The in-flight table of one worker: digest -> Flight."""
 
     def __init__(self) -> None:
-        self._flights: dict[str, Flight] = {}
+        self._flights: dict[bytes, Flight] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
 
-    def join(self, digest: str) -> tuple[Flight, bool]:
+    def join(self, digest: bytes) -> tuple[Flight, bool]:
         """The flight for `digest` and whether the caller leads it (it did not exist)."""
         flight = self._flights.get(digest)
         if flight is not None:
@@ -88,6 +88,6 @@ class Flights:
         flight = self._flights[digest] = Flight()
         return flight, True
 
-    def leave(self, digest: str, flight: Flight) -> None:
+    def leave(self, digest: bytes, flight: Flight) -> None:
         if self._flights.get(digest) is flight:
             del self._flights[digest]

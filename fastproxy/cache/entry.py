@@ -58,28 +58,25 @@ def decode(data: bytes) -> Entry | None:
     return entry if entry.version == FORMAT else None
 
 
-def _part(value: bytes) -> bytes:
-    return len(value).to_bytes(4, "big") + value
-
-
 def tag(value: str) -> str:
-    """A short, stable, non-reversible label for a scope or a route inside backend keys (purges match it)."""
+    """A short, stable, non-reversible label for a scope or a route inside Redis keys (purges match it)."""
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 class CacheKey(msgspec.Struct, frozen=True, gc=False):
-    """Where an entry lives: `digest` identifies it; the tags let purges find it by scope or route."""
+    """Where an entry lives: `digest` (32 bytes) identifies it; scope and model let purges find it."""
 
-    digest: str
-    scope_tag: str
-    route_tag: str
+    digest: bytes
+    scope: str
+    model: str
 
 
 def derive(scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
-    """The key of a request. `upstream`: the resolved upstream (today the base URL); `model`: as sent upstream."""
-    head = _part(scope.encode()) + _part(endpoint.encode()) + _part(upstream.encode()) + _part(model.encode())
-    h = hashlib.sha256(head)
-    h.update(len(body).to_bytes(4, "big"))
-    h.update(body)  # the bytes as sent upstream, never decoded or copied
-    digest = h.hexdigest()
-    return CacheKey(digest, tag(scope), tag(model))
+    """The key of a request. `upstream`: the resolved upstream (today the base URL); `model`: as sent upstream.
+
+    Each text part is length-prefixed, so no two different tuples give the same bytes to hash.
+    """
+    head = f"{len(scope)}:{scope}|{len(endpoint)}:{endpoint}|{len(upstream)}:{upstream}|{len(model)}:{model}|"
+    h = hashlib.sha256(head.encode())
+    h.update(body)  # the bytes as sent upstream, never decoded or copied; last, so needs no length
+    return CacheKey(h.digest(), scope, model)

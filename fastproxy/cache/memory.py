@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from fastproxy.cache.entry import CacheKey, Entry
 
-# The OrderedDict node, the key string and the tuple per entry, measured on CPython 3.11 (~330 bytes).
+# The OrderedDict node, the 32-byte digest and the tuple per entry (tracemalloc, CPython 3.11: under 300 bytes).
 _SLOT = 400
 
 
@@ -22,8 +22,9 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.evictions = 0
-        # digest -> (entry, expires at (the clock's seconds), size, scope tag, route tag)
-        self._items: OrderedDict[str, tuple[Entry, float, int, str, str]] = OrderedDict()
+        # digest -> (entry, expires at (the clock's seconds), size, scope, model); scope and model strings
+        # are shared with the requests' own, so they cost no memory per entry.
+        self._items: OrderedDict[bytes, tuple[Entry, float, int, str, str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -45,7 +46,7 @@ class MemoryStore:
             return False
         if key.digest in self._items:
             self._remove(key.digest)
-        self._items[key.digest] = (entry, now + ttl, size, key.scope_tag, key.route_tag)
+        self._items[key.digest] = (entry, now + ttl, size, key.scope, key.model)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, (_, _, old, _, _) = self._items.popitem(last=False)
@@ -53,18 +54,18 @@ class MemoryStore:
             self.evictions += 1
         return True
 
-    def purge(self, scope_tag: str | None = None, route_tag: str | None = None) -> int:
+    def purge(self, scope: str | None = None, model: str | None = None) -> int:
         """Remove every entry of the scope and/or route (both None: everything); return how many."""
         doomed = [
             digest
-            for digest, (_, _, _, s, r) in self._items.items()
-            if (scope_tag is None or s == scope_tag) and (route_tag is None or r == route_tag)
+            for digest, (_, _, _, s, m) in self._items.items()
+            if (scope is None or s == scope) and (model is None or m == model)
         ]
         for digest in doomed:
             self._remove(digest)
         return len(doomed)
 
-    def _remove(self, digest: str) -> None:
+    def _remove(self, digest: bytes) -> None:
         item = self._items.pop(digest, None)
         if item is not None:
             self.bytes -= item[2]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fastproxy.cache.entry import CacheKey, Entry, decode, encode
+from fastproxy.cache.entry import CacheKey, Entry, decode, encode, tag
 from fastproxy.core.tasks import stop_task
 
 log = logging.getLogger("fastproxy.cache")
@@ -62,7 +62,7 @@ class RedisStore:
         self.bytes_written = 0
 
     def key(self, key: CacheKey) -> str:
-        return f"{self._prefix}{key.scope_tag}:{key.route_tag}:{key.digest}"
+        return f"{self._prefix}{tag(key.scope)}:{tag(key.model)}:{key.digest.hex()}"
 
     @property
     def available(self) -> bool:
@@ -91,9 +91,9 @@ class RedisStore:
         except asyncio.QueueFull:
             self.dropped_writes += 1
 
-    async def purge(self, scope_tag: str | None = None, route_tag: str | None = None) -> int:
+    async def purge(self, scope: str | None = None, model: str | None = None) -> int:
         """Delete the entries of a scope and/or route (both None: all); raises RedisError/OSError when down."""
-        pattern = f"{self._prefix}{scope_tag or '*'}:{route_tag or '*'}:*"
+        pattern = f"{self._prefix}{tag(scope) if scope else '*'}:{tag(model) if model else '*'}:*"
         removed = 0
         async for name in self._client.scan_iter(match=pattern, count=_SCAN_BATCH):
             removed += int(await self._client.unlink(name))

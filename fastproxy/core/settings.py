@@ -149,6 +149,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cache_coalesce: bool = True
     # A hit takes one request from the rate limits; tokens too only when this is true.
     cache_hit_tokens: bool = False
+    # With Redis, each worker also keeps the entries it reads or writes in its own LRU (cache_memory_bytes)
+    # for this long, so a repeated hit costs no round trip; a purge reaches other instances' copies
+    # only when this expires. 0: every lookup asks Redis.
+    cache_local_ttl: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     # A cache lookup in Redis slower than this is skipped (the request goes upstream); Redis is then
     # retried after redis_retry_interval.
     cache_redis_timeout: Seconds = 0.05

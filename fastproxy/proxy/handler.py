@@ -115,8 +115,12 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             url += "?" + scope["query_string"].decode("latin-1")
         if lookup is None:
             work = exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
-        else:  # cache hook 2: answered from the cache, or upstream with the response teed into it
+        elif lookup.answers:  # cache hook 2: a hit, or an identical request in flight answers this one
             work = _cached(state, lookup, scope["method"], url, forward, body, send, request_id, admission.headers, out)
+        else:  # cache hook 3: upstream as usual, the response teed into the cache
+            extra = [*admission.headers, lookup.header]
+            tee = lookup if lookup.tees else None
+            work = exchange(state, scope["method"], url, forward, body, send, request_id, extra, out, tee)
         try:
             await cancel_on_disconnect(receive, work, out)
         finally:
@@ -176,19 +180,17 @@ async def _cached(
     limits: RawHeaders,
     out: Outcome,
 ) -> None:
-    """The cache's part of the request (fastproxy/cache): a hit or a follower of an identical request in
-    flight is answered here; otherwise (or when the followed request failed) it goes upstream as usual."""
-    if lookup.answers:
-        framer = SSEWatcher(strip=out.injected) if out.stream else None
-        now = perf_counter()
-        headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
-        if await lookup.serve(send, headers, framer):
-            out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
-            if framer is not None:
-                out.events = framer.events
-            return
-    tee = lookup if lookup.tees else None
-    await exchange(state, method, url, forward, body, send, request_id, [*limits, lookup.header], out, tee)
+    """A hit, or a follower of an identical request in flight (fastproxy/cache), answered here; when the
+    followed request failed before answering, this one goes upstream as usual."""
+    framer = SSEWatcher(strip=out.injected) if out.stream else None
+    now = perf_counter()
+    headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
+    if await lookup.serve(send, headers, framer):
+        out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
+        if framer is not None:
+            out.events = framer.events
+        return
+    await exchange(state, method, url, forward, body, send, request_id, [*limits, lookup.header], out)
 
 
 def _used(out: Outcome) -> TokenUsage | None:

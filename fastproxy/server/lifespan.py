@@ -163,6 +163,7 @@ def _open_cache(
         scope=settings.cache_scope,
         generations=settings.cache_generations,
         coalesce=settings.cache_coalesce,
+        local_ttl=settings.cache_local_ttl,
     )
     url = settings.cache_redis_url or settings.redis_url
     if settings.cache_backend == "memory" or not url:
@@ -180,7 +181,8 @@ def _open_cache(
         )
         store.start()
         stack.push_async_callback(store.stop)
-        cache = ResponseCache(config, redis=store)
+        near = MemoryStore(settings.cache_memory_bytes) if settings.cache_local_ttl > 0 else None
+        cache = ResponseCache(config, memory=near, redis=store)
     if metrics is not None:
         _own_task(stack, _cache_metrics(cache, metrics))
     return cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastproxy.cache import admin
-from fastproxy.cache.entry import derive, tag
+from fastproxy.cache.entry import derive
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.service import CacheConfig, ResponseCache
 from fastproxy.core.errors import MethodNotAllowed, RouteNotFound
@@ -28,7 +28,8 @@ async def test_purge_by_scope_route_or_everything() -> None:
 
 
 async def test_purge_paths_and_methods() -> None:
-    assert admin._target("/admin/cache/keys/k_1") == (tag("key:k_1"), None)
+    assert admin._target("/admin/cache/keys/k_1") == ("key:k_1", None)
+    assert admin._target("/admin/cache/models/gpt-4o-mini") == (None, "gpt-4o-mini")
     with pytest.raises(RouteNotFound):
         admin._target("/admin/cache/teams/t1")
     with pytest.raises(MethodNotAllowed):

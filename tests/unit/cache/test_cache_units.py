@@ -7,7 +7,7 @@ import os
 import tracemalloc
 
 from fastproxy.cache.coalesce import Flights
-from fastproxy.cache.entry import FORMAT, Entry, decode, derive, encode, tag
+from fastproxy.cache.entry import FORMAT, Entry, decode, derive, encode
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.policy import cacheable, directives, scope_of
 from fastproxy.core.schemas import Principal
@@ -32,7 +32,7 @@ def test_the_key_covers_scope_endpoint_upstream_model_and_body() -> None:
         derive("user:a", "embeddings", "http://up/v1m", "", b"{}"),
     ]
     assert len({k.digest for k in others} | {base.digest}) == len(others) + 1
-    assert base.scope_tag == tag("user:a") and base.route_tag == tag("m")
+    assert (base.scope, base.model) == ("user:a", "m") and len(base.digest) == 32
 
 
 def test_scope_comes_from_the_principal() -> None:
@@ -73,7 +73,7 @@ def test_lru_order_expiry_and_purge() -> None:
     assert store.get(a, now=5) is not None
     assert store.get(b, now=5) is None  # expired, and removed
     store.put(c, entry(b"C"), ttl=10, now=5)
-    assert store.purge(scope_tag=tag("user:c")) == 1 and store.get(c, now=5) is None
+    assert store.purge(scope="user:c") == 1 and store.get(c, now=5) is None
     assert store.purge() == 1 and len(store) == 0 and store.bytes == 0
     small = MemoryStore(4096)
     assert not small.put(a, entry(b"x" * 5000), ttl=10, now=0)  # larger than the whole bound
@@ -108,16 +108,16 @@ def test_a_corrupt_entry_is_a_miss() -> None:
 
 async def test_followers_read_the_leader_as_it_arrives_and_are_released_when_it_fails() -> None:
     flights = Flights()
-    leader, leads = flights.join("d")
-    follower, follows = flights.join("d")
+    leader, leads = flights.join(b"d")
+    follower, follows = flights.join(b"d")
     assert leads and not follows and follower is leader
     waiting = asyncio.ensure_future(follower.started())
     await asyncio.sleep(0)
     assert not waiting.done()
     leader.start(502, [])
     assert await waiting is False  # an upstream error is not fanned out: the follower goes upstream itself
-    flights.leave("d", leader)
-    ok, _ = flights.join("d")
+    flights.leave(b"d", leader)
+    ok, _ = flights.join(b"d")
     assert ok is not leader
     done = asyncio.ensure_future(ok.finished())
     ok.start(200, JSON)
@@ -126,7 +126,7 @@ async def test_followers_read_the_leader_as_it_arrives_and_are_released_when_it_
     assert not done.done()
     ok.end(True, (1, 1, 2, 0, 0))
     assert await done is True and ok.chunks == [b"part"]
-    cut, _ = flights.join("e")
+    cut, _ = flights.join(b"e")
     later = asyncio.ensure_future(cut.finished())
     cut.end(False)  # the leader's client left before anything came
     assert await later is False
