@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 
 from fastproxy.cache.entry import FORMAT, Entry, derive
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.redis_store import UNAVAILABLE, RedisStore
-from fastproxy.cache.service import CacheConfig, ResponseCache
+from fastproxy.cache.service import CacheConfig, Lookup, ResponseCache
 from fastproxy.core.schemas import Principal
 
 JSON = [(b"content-type", b"application/json")]
@@ -70,8 +72,11 @@ async def test_the_near_tier_answers_repeated_hits_without_redis(redis_client: R
     cache = ResponseCache(CacheConfig(local_ttl=5), memory=near, redis=store)
     try:
         principal = Principal(key_id="k", user_id="u")
-        args = ([], "embeddings", principal, None, None, "http://up/v1", "m", b'{"input":"near"}')
-        first = await cache.lookup(*args)
+
+        def look(c: ResponseCache) -> Coroutine[Any, Any, Lookup]:
+            return c.lookup([], "embeddings", principal, None, None, "http://up/v1", "m", b'{"input":"near"}')
+
+        first = await look(cache)
         assert first.tees and first.entry is None
         first.start(200, list(JSON), False)
         first.chunk(b'{"data":[]}')
@@ -80,11 +85,11 @@ async def test_the_near_tier_answers_repeated_hits_without_redis(redis_client: R
         assert len(near) == 1
         # Another worker (an empty near tier) reads Redis and keeps the entry.
         other = ResponseCache(CacheConfig(local_ttl=5), memory=MemoryStore(1 << 20), redis=store)
-        assert (await other.lookup(*args)).entry is not None
+        assert (await look(other)).entry is not None
         assert other.memory is not None and len(other.memory) == 1
         await store.purge()
         # Purged in Redis: this worker's near tier still answers until local_ttl (documented).
-        assert (await other.lookup(*args)).entry is not None
+        assert (await look(other)).entry is not None
         assert await cache.purge() == 0 and len(near) == 0
     finally:
         await store.stop()
