@@ -33,12 +33,15 @@ class Entry(msgspec.Struct, array_like=True, gc=False, frozen=True):
 
     def size(self) -> int:
         """Bytes this entry holds (payload plus a fixed overhead per chunk and header), for the LRU bound."""
-        n = _HEADER_OVERHEAD * (len(self.chunks) + len(self.headers) + 4)
-        for chunk in self.chunks:
-            n += len(chunk)
-        for name, value in self.headers:
-            n += len(name) + len(value)
-        return n
+        return size_of(self.headers, self.chunks, sum(map(len, self.chunks)))
+
+
+def size_of(headers: list[tuple[bytes, bytes]], chunks: list[bytes], payload: int) -> int:
+    """Entry.size() from its parts, with the chunks' total length already known (the tee counts it)."""
+    n = _HEADER_OVERHEAD * (len(chunks) + len(headers) + 4) + payload
+    for name, value in headers:
+        n += len(name) + len(value)
+    return n
 
 
 _encoder = msgspec.msgpack.Encoder()

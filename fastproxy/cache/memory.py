@@ -39,9 +39,10 @@ class MemoryStore:
         self._items.move_to_end(key.digest)
         return item[0]
 
-    def put(self, key: CacheKey, entry: Entry, ttl: float, now: float) -> bool:
-        """Store `entry`; False when it alone is larger than the whole bound."""
-        size = entry.size() + len(key.digest) + _SLOT
+    def put(self, key: CacheKey, entry: Entry, ttl: float, now: float, size: int = 0) -> bool:
+        """Store `entry` (`size`: its Entry.size() when the caller knows it); False when it alone is larger
+        than the whole bound."""
+        size = (size or entry.size()) + len(key.digest) + _SLOT
         if size > self.max_bytes:
             return False
         if key.digest in self._items:

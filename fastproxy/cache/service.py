@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastproxy.cache.coalesce import Flight, Flights
-from fastproxy.cache.entry import FORMAT, CacheKey, Entry, derive
+from fastproxy.cache.entry import FORMAT, CacheKey, Entry, derive, size_of
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.policy import Directives, Generations, Scope, cacheable, directives, scope_of
 from fastproxy.cache.redis_store import UNAVAILABLE, RedisStore
@@ -147,8 +147,9 @@ class Lookup:
             if self._size > cache.config.max_entry_bytes:
                 cache.count_bypass("too_large")
             else:
-                entry = Entry(FORMAT, cache.clock(), 200, self._stream, self._headers, list(self._chunks), packed)
-                cache.put(self.key, entry)
+                chunks = list(self._chunks)
+                entry = Entry(FORMAT, cache.clock(), 200, self._stream, self._headers, chunks, packed)
+                cache.put(self.key, entry, size_of(self._headers, chunks, self._size))
         if self.flight is not None and self.leads:
             self.flight.end(ok, packed)
             cache.flights.leave(self.key.digest, self.flight)
@@ -231,21 +232,21 @@ class ResponseCache:
         lookup.writes = True
         return lookup
 
-    def put(self, key: CacheKey, entry: Entry) -> None:
+    def put(self, key: CacheKey, entry: Entry, size: int = 0) -> None:
         if self.redis is not None:
             self.redis.put(key, entry, self.config.ttl)
             if self.memory is not None:
-                self._near(key, entry)
-        elif self.memory is not None and not self.memory.put(key, entry, self.config.ttl, self.clock()):
+                self._near(key, entry, size)
+        elif self.memory is not None and not self.memory.put(key, entry, self.config.ttl, self.clock(), size):
             self.counts["bypass", "too_large"] += 1
 
-    def _near(self, key: CacheKey, entry: Entry) -> None:
+    def _near(self, key: CacheKey, entry: Entry, size: int = 0) -> None:
         """Keep a Redis entry in the worker's near tier for at most `local_ttl` (and never past its own TTL)."""
         assert self.memory is not None
         now = self.clock()
         ttl = min(self.config.local_ttl, self.config.ttl - (now - entry.created))
         if ttl > 0:
-            self.memory.put(key, entry, ttl, now)
+            self.memory.put(key, entry, ttl, now, size)
 
     def count_bypass(self, reason: str) -> None:
         self.counts["bypass", reason] += 1
