@@ -263,7 +263,7 @@ async def create_key(call: _Call) -> tuple[int, Any]:
         if user.disabled:
             raise InvalidRequest(f"User '{body.user_id}' is disabled.", param="user_id")
     created = await provisioning.create_key(
-        call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits
+        call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits, body.cache
     )
     log.info("admin: key %s created (ending in %s)", created.id, created.key_hint)
     return 201, created

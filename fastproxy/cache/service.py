@@ -7,7 +7,8 @@ upstream's response into the store (and to the followers of an identical request
     always:         lookup.release() when the request ends (a leader that did not finish fails its flight)
 
 Never raises for a backend's sake: a backend that is down or slow makes the lookup a bypass.
-Settings are global (and per key's scope choice, once keys carry one); per route once routes exist.
+Settings are global, and per key (`cache: {"enabled", "scope"}` on the key, admin API); per route once
+routes exist.
 """
 
 from __future__ import annotations
@@ -201,7 +202,14 @@ class ResponseCache:
         if not wants.store:
             self.counts["bypass", "no_store"] += 1
             return self._no_store
-        key = derive(scope_of(principal, config.scope), endpoint, upstream, model, body)
+        scope = config.scope
+        own = principal.cache  # the key's own settings (admin API), over the global ones
+        if own is not None:
+            if own.enabled is False:
+                self.counts["bypass", "key_off"] += 1
+                return self._no_store
+            scope = own.scope or scope
+        key = derive(scope_of(principal, scope), endpoint, upstream, model, body)
         lookup = Lookup(self, MISS, key)
         if wants.read:
             entry = self.memory.get(key, self.clock()) if self.memory is not None else None

@@ -261,3 +261,35 @@ async def test_errors_and_cut_streams_are_never_stored(
     await asyncio.sleep(0.3)
     outcome, data = await raw_stream(http, a, key, body)
     assert outcome == "miss" and data.endswith(b"data: [DONE]\n\n")
+
+
+async def test_cache_settings_on_keys_through_the_admin_api(
+    pair: list[Server], upstream: Server, http: httpx.AsyncClient
+) -> None:
+    a = pair[0]
+    user = await new_user(http, a)
+    shared = await new_key(http, a, user)
+    resp = await http.post(
+        a.url + "/admin/keys", json={"name": "own", "user_id": user, "cache": {"scope": "key"}}, headers=ADMIN
+    )
+    assert resp.status_code == 201 and resp.json()["cache"] == {"scope": "key"}
+    own = resp.json()
+    bad = await http.post(a.url + "/admin/keys", json={"name": "x", "cache": {"scope": "tenant"}}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    async with sdk(a, shared["key"]) as s, sdk(a, own["key"]) as o:
+        assert (await embed(s, "per-key text"))[0] == "miss"
+        await asyncio.sleep(0.05)
+        # Same user, but this key's scope is its own: the user's entry is not its.
+        assert (await embed(o, "per-key text"))[0] == "miss"
+        await asyncio.sleep(0.05)
+        assert (await embed(o, "per-key text"))[0] == "hit"
+        patched = await http.patch(
+            a.url + f"/admin/keys/{own['id']}", json={"cache": {"enabled": False}}, headers=ADMIN
+        )
+        assert patched.status_code == 200 and patched.json()["cache"] == {"enabled": False}
+        base = await upstream_requests(http, upstream)
+        deadline = time.monotonic() + 5
+        while (await embed(o, "per-key text"))[0] != "bypass":  # the auth cache learns of the change
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert await upstream_requests(http, upstream) > base
