@@ -148,7 +148,8 @@ class Lookup:
             if self._size > cache.config.max_entry_bytes:
                 cache.count_bypass("too_large")
             else:
-                chunks = list(self._chunks)
+                # The list itself: nothing is appended after end() (a flight's followers only read it).
+                chunks = self._chunks
                 entry = Entry(FORMAT, cache.clock(), 200, self._stream, self._headers, chunks, packed)
                 cache.put(self.key, entry, size_of(self._headers, chunks, self._size))
         if self.flight is not None and self.leads:
