@@ -1,8 +1,9 @@
 """Process, /proc and load-tool plumbing shared by the scenarios.
 
-CPU accounting follows bench/clients/run.py: utime+stime of a whole process tree read from
-/proc/<pid>/stat (threads included), and "other CPU" = busy time of both cores (user+nice+system
-from /proc/stat) minus what the measured processes used, so a noisy box shows up in the figures.
+CPU accounting, the suite's one copy (the scenarios and bench.interleaved use it): utime+stime of a
+whole process tree read from /proc/<pid>/stat (threads included), and "other CPU" = busy time of both
+cores (user+nice+system from /proc/stat) minus what the measured processes used, so a noisy box shows
+up in the figures.
 Every process is started in its own session (process group) and stopped by group, so a Granian
 master and its workers, or nginx and its worker, never outlive the run.
 """
@@ -194,14 +195,6 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float 
     # Workers may linger a moment after the master; never let one run into the next measurement.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    try:
-        yield proc
-    finally:
-        stop(proc)
 
 
 def wait_quiet(max_wait: float, limit: float = 0.15) -> float:

@@ -2,24 +2,19 @@
 
     python -m bench.openloop --url URL --rate 2000 --duration 10 [--key K]
 
-Request i is due at t0 + i/rate. The client wakes, sends every request that is due, sleeps until
-the next one; each request is its own task, so a slow answer never delays the next send (no
-coordinated omission). Latency is measured from the *scheduled* time to the last byte, so a client
-or server stall is charged to every request it delayed; "svc" latencies run from the real send time.
-`lag` (real send time minus scheduled) shows whether the client kept up: its timers fire with
-millisecond granularity, so lag is up to ~1 ms by design, and if its p99 nears the latencies the
-client is the bottleneck, not the server. Times come from perf_counter (uvloop's loop.time() is
-cached in whole milliseconds). Prints one JSON object.
+Request i is due at t0 + i/rate. A thread sleeps in the kernel to each due time and wakes the event
+loop for every request then due; a request goes out on an idle keep-alive connection, or on a new one
+when every connection is busy, so a slow answer never delays the next send (no coordinated omission).
+Latency is measured from the *scheduled* time to the last byte, so a client or server stall is charged
+to every request it delayed; "svc" latencies run from the real send time. `lag` (real send time minus
+scheduled) shows whether the client kept up: if its p99 nears the latencies, the client (or CPU 1,
+which it shares with the upstream, Redis and PostgreSQL) is the bottleneck, not the server. Times come
+from perf_counter (uvloop's loop.time() is cached in whole milliseconds). Prints one JSON object.
 
-The client shares CPU 1 with the upstream, Redis and PostgreSQL. The first client (`--client aiohttp`,
-kept for comparison) slept on the loop's timers, which have millisecond granularity: at a send every
-0.35 ms it never really slept, it spun, holding CPU 1 (99 % busy even in front of nginx alone), so
-whatever else had to run there (nginx, Redis, PostgreSQL) waited behind it for the scheduler's time
-slice, and those waits landed in the latencies. The default client (`raw`) has a thread sleep in the
-kernel to each due time and wake the loop for what is due, and speaks just enough HTTP/1.1 on asyncio
-Protocols: keep-alive connections opened up front (`--conns`, more when every one is busy), a request
-sent as one prepared write, a response framed by Content-Length or chunked encoding, its end timed in
-the callback that completes it.
+The client speaks just enough HTTP/1.1 on asyncio Protocols: keep-alive connections opened up front
+(`--conns`), a request sent as one prepared write, a response framed by Content-Length or chunked
+encoding, its end timed in the callback that completes it. Its predecessor, an aiohttp client that
+slept on the loop's millisecond timers and so spun, holding CPU 1, is in bench/RESULTS.md (History).
 """
 
 from __future__ import annotations
@@ -34,60 +29,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import uvloop
 
 from bench.harness import CHAT_BODY
 from bench.stats import percentile
-
-
-async def run_aiohttp(args: argparse.Namespace) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {args.key}"}
-    body = args.body.encode()
-    # uvloop's loop.time() is the loop's cached time in whole milliseconds: useless for sub-ms latencies.
-    clock = time.perf_counter
-    latencies: list[float] = []
-    lags: list[float] = []
-    service: list[float] = []
-    errors: list[str] = []
-
-    async def one(session: aiohttp.ClientSession, due: float) -> None:
-        sent = clock()
-        lags.append(sent - due)
-        try:
-            async with session.post(args.url, data=body, headers=headers) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    errors.append(f"HTTP {resp.status}")
-                    return
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            errors.append(repr(exc)[:120])
-            return
-        done = clock()
-        latencies.append(done - due)
-        service.append(done - sent)
-
-    total = int(args.rate * args.duration)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False
-    ) as session:
-        tasks: set[asyncio.Task[None]] = set()
-        t0 = clock() + 0.05
-        i = 0
-        while i < total:
-            now = clock()
-            while i < total and t0 + i / args.rate <= now:
-                task = asyncio.create_task(one(session, t0 + i / args.rate))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                i += 1
-            if i < total:
-                await asyncio.sleep(max(0.0, t0 + i / args.rate - clock()))
-        sent_wall = clock() - t0
-        if tasks:
-            await asyncio.wait(tasks, timeout=35)
-    return _summary(args.rate, total, sent_wall, latencies, service, lags, errors)
 
 
 def _summary(
@@ -118,7 +63,7 @@ def _summary(
 
 
 class _Results:
-    """What the raw client's connections report: one list per figure, appended from callbacks."""
+    """What the client's connections report: one list per figure, appended from callbacks."""
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
@@ -244,7 +189,7 @@ def _tick(
     loop.call_soon_threadsafe(ticked.set_result, None)
 
 
-async def run_raw(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     body = args.body.encode()
@@ -315,10 +260,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--key", default="sk-bench-unused")
     ap.add_argument("--body", default=CHAT_BODY)
-    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
-    ap.add_argument("--conns", type=int, default=64, help="raw client: connections opened before the first send")
+    ap.add_argument("--conns", type=int, default=64, help="connections opened before the first send")
     args = ap.parse_args()
-    run = run_raw if args.client == "raw" else run_aiohttp
     print(json.dumps(uvloop.run(run(args))), flush=True)
 
 

@@ -1,7 +1,7 @@
 """The reference point: a minimal raw-ASGI pass-through with one pooled aiohttp client.
 
-The aiohttp variant of bench/clients/passthrough.py, kept here so the suite is self-contained:
-per request it reads the whole body, POSTs it upstream (BENCH_UPSTREAM + the request path) with
+The aiohttp variant of the pass-through the upstream clients were compared in (bench/RESULTS.md,
+History, "Upstream HTTP client"): per request it reads the whole body, POSTs it upstream (BENCH_UPSTREAM + the request path) with
 fixed headers, and streams the response back chunk by chunk as it arrives (readany: no re-chunking),
 so it serves both plain and SSE responses. No auth, no parsing, no limits, no logging: what any
 Python proxy on this stack must spend at least.

@@ -45,8 +45,10 @@ async def request(
     headers: list[tuple[bytes, bytes]] | None = None,
     query: bytes = b"",
     disconnect_after_chunks: int | None = None,
+    disconnect_after_s: float | None = None,
 ) -> Result:
-    """Send a request; with disconnect_after_chunks, the client leaves once it has that many body chunks."""
+    """Send a request; the client leaves once it has disconnect_after_chunks body chunks, or after
+    disconnect_after_s seconds."""
     parts = body if isinstance(body, list) else [body]
     messages: list[Message] = [
         {"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)
@@ -77,6 +79,13 @@ async def request(
         "headers": headers or [],
         "client": ("127.0.0.1", 50000),
     }
-    await app(scope, receive, send)
-    gone.set()
+    timer = None
+    if disconnect_after_s is not None:
+        timer = asyncio.get_running_loop().call_later(disconnect_after_s, gone.set)
+    try:
+        await app(scope, receive, send)
+    finally:
+        gone.set()
+        if timer is not None:
+            timer.cancel()
     return result

@@ -10,6 +10,18 @@ from fastproxy.core.schemas import TokenUsage
 ACCESS_LOGGER = "fastproxy.access"
 
 
+class FailedAttempt(msgspec.Struct, gc=False, frozen=True):
+    """An upstream attempt that failed before anything reached the client (the request then fell back)."""
+
+    provider: str
+    # The provider key's last 4 characters: never more of it.
+    key_hint: str
+    # What went wrong: unreachable, timeout, first_token_timeout, status_<N>, stream_cut, stream_error.
+    error: str
+    # Whether the request's bytes had been sent (a refused connection had not).
+    sent: bool
+
+
 class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     """One finished request. Its JSON encoding, field for field, is the request's access line
     (fastproxy.observability.logs): the access log encodes a whole batch of records in one msgspec call, which is
@@ -49,3 +61,10 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     logger: str = ACCESS_LOGGER
     # The worker that served the request.
     pid: int = 0
+    # The provider and model that answered (the last one tried when none did), and how many attempts it took.
+    provider: str | None = None
+    upstream_model: str | None = None
+    attempts: int = 0
+    failures: list[FailedAttempt] | None = None
+    # The stream broke after its first content reached the client: the client got an error event.
+    partial: bool = False

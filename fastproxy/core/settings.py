@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from fastproxy.core.providers import ConfigError, Provider, Route, check_config, resolve_provider
 from fastproxy.core.schemas import Limits
 
 ENV_PREFIX = "FASTPROXY_"
 # Structured settings: a TOML table in the file, a JSON object in the environment.
-JSON_FIELDS = frozenset({"global_limits", "ip_limits"})
+JSON_FIELDS = frozenset({"global_limits", "ip_limits", "providers", "routes"})
 SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url"})
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -156,6 +157,29 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # A cache lookup in Redis slower than this is skipped (the request goes upstream); Redis is then
     # retried after redis_retry_interval.
     cache_redis_timeout: Seconds = 0.05
+    # Providers and model routes (fastproxy/core/providers.py; README "Providers and routes"). The upstream
+    # above is the provider named `default`, serving every model no route names.
+    providers: dict[str, Provider] = msgspec.field(default_factory=dict)
+    routes: dict[str, Route] = msgspec.field(default_factory=dict)
+    # Upstream attempts per client request for a model no route names (a route sets its own, default 3).
+    # One by default: the single upstream of FASTPROXY_UPSTREAM_URL behaves as it always did.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+    # Retries (attempts after a request's first) per worker, as a share of its requests over the last
+    # 10 s: stops a retry storm when every target is failing. A request always gets its first attempt.
+    retry_budget: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.2
+    # Retries always allowed per 10 s window, so a quiet worker can still fail over.
+    retry_budget_min: Annotated[int, msgspec.Meta(ge=0)] = 10
+    # Circuit breaker per (provider, key): opens after this many failures in a row, or when at least
+    # breaker_min_requests in breaker_window seconds failed at breaker_failure_ratio or more.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    breaker_min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
+    breaker_window: Seconds = 10.0
+    # First cooldown of an open breaker; each reopening doubles it, up to breaker_max_cooldown.
+    breaker_cooldown: Seconds = 5.0
+    breaker_max_cooldown: Seconds = 120.0
+    # How long a key that upstream refused with 401/403 rests before it is tried again.
+    bad_key_cooldown: Seconds = 300.0
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -187,6 +211,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def masked(self) -> dict[str, Any]:
         """The effective settings, fit for a log line: secrets show only their last 4 characters."""
         out: dict[str, Any] = msgspec.structs.asdict(self)
+        out["providers"] = {
+            name: {
+                "type": p.type,
+                "base_url": p.base_url,
+                "keys": [k.id + ":" + mask(k.key) for k in p.all_keys()],
+            }
+            for name, p in self.providers.items()
+        }
+        out["routes"] = {
+            name: [t.provider + "/" + (t.model or name) for t in r.targets] for name, r in self.routes.items()
+        }
         for name in SECRET_FIELDS:
             value = out[name]
             if value and "://" in value:
@@ -230,10 +265,44 @@ def load_settings(config_path: str | None = None, environ: Mapping[str, str] | N
                     raise SettingsError(f"invalid setting {name} ({key}): expected a JSON object: {exc}") from exc
             elif name in fields:
                 raw[name] = value
+    providers, routes = raw.pop("providers", {}), raw.pop("routes", {})
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_describe(exc)) from exc
+    return with_providers(settings, providers, routes, env)
+
+
+def with_providers(settings: Settings, providers: Any, routes: Any, environ: Mapping[str, str]) -> Settings:
+    """`settings` with these providers and routes (TOML tables or decoded JSON), checked and with every
+    `env:` secret read; raises SettingsError naming the provider or route and the field."""
+    parsed_providers: dict[str, Provider] = {}
+    if not isinstance(providers, dict) or not isinstance(routes, dict):
+        raise SettingsError("invalid setting providers / routes: expected tables (JSON objects) keyed by name")
+    try:
+        for name, table in providers.items():
+            try:
+                provider = msgspec.convert(table, Provider, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"provider {name!r}: {_field_error(exc)}") from exc
+            parsed_providers[name] = resolve_provider(name, provider, environ)
+        parsed_routes: dict[str, Route] = {}
+        for name, table in routes.items():
+            try:
+                parsed_routes[name] = msgspec.convert(table, Route, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"route {name!r}: {_field_error(exc)}") from exc
+        check_config(parsed_providers, parsed_routes)
+    except ConfigError as exc:
+        raise SettingsError(f"invalid config: {exc}") from exc
+    return msgspec.structs.replace(settings, providers=parsed_providers, routes=parsed_routes)
+
+
+def _field_error(exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `str`, got `int` - at `$.targets[0].provider`" as "targets[0].provider: ..."."""
+    reason, _, where = str(exc).partition(" - at `$")
+    where = where.rstrip("`").lstrip(".")
+    return f"{where}: {reason}" if where else reason
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -1,13 +1,45 @@
 """A built-in OpenAI-compatible mock provider, for the demo, the tests and the benchmarks.
 
 Deterministic output (fixed ids and timestamps) so a test can compare bytes through the proxy with
-bytes straight from here. Per-request knobs, as headers:
+bytes straight from here. Routes: `/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+`/v1/embeddings`, `/v1/models[/ID]`, `/v1/audio/speech`, and Azure's
+`/openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...` (the
+deployment is the model when the body names none); any other path echoes the request.
+
+Per-request knobs, as headers:
     x-mock-chunks: content chunks in a stream (default from the CLI)
     x-mock-delay-ms: pause between stream chunks
     x-mock-sleep-ms: pause before the response starts (for timeout tests)
-    x-mock-status: answer with this HTTP status and an OpenAI error body
-`GET /_mock/stats` counts streams started, completed and cut off by the client; `GET /_mock/last`
-returns the last request's headers and body as seen here.
+    x-mock-status: answer with this HTTP status and an error body of type `mock_error`
+    x-mock-mode: failure-mode directives (below)
+
+Failure modes (fastproxy/mock/modes.py has the grammar): directives come from the model name
+(`gpt-4o~status=503,retry_after=2`), the `x-mock-mode` header (`status=503,retry_after=2`) and the
+`MOCK_MODE` env var (every request of this instance); per directive, the model beats the header,
+which beats the env. The response's `model` echoes the full model string. Directives:
+    status=N             answer N with an OpenAI error body (429 `requests`/rate_limit_exceeded,
+                         401 invalid_request_error/invalid_api_key, 5xx server_error, other 4xx
+                         invalid_request_error)
+    code=CODE            the error's code (alone: status 400); context_length_exceeded gets OpenAI's message
+    retry_after=S        with a 429 or 503: `retry-after: ceil(S)`, `retry-after-ms: S*1000`
+    hang                 read the request, never answer; return when the client disconnects
+    first_token_ms=N     wait N ms before sending anything (headers included)
+    cut_after=K          streams: headers and K content events, then the app raises, which Granian
+                         turns into an aborted chunked body (the client sees a transfer error)
+    stall_after=K        streams: K content events, then silence until the client disconnects
+    error_event_after=K  streams: K content events, an OpenAI error event, a clean end, no [DONE]
+    fail_first=K         the first K requests with this exact model string fail with `status`
+                         (default 500; 400 if only `code` is given); later ones drop status and code
+    ratelimit_remaining=N  OpenAI's x-ratelimit-* headers (remaining N requests, N*100 tokens) on a success
+An unknown directive or a bad value is a 400 naming it. Stream directives do nothing to non-streamed
+requests. `MOCK_REJECT_KEYS` (comma-separated) answers 401 invalid_api_key to a request whose
+`Authorization: Bearer` or `api-key` header carries one of them, before any directive.
+
+`GET /_mock/stats` counts requests, streams started, completed and cut off by the client, requests by
+credential (`auth`: the Authorization or api-key header value, `none` when absent) and by model string
+(`models`); `POST /_mock/reset` zeroes them (the fail_first counts too). `GET /_mock/last` returns the
+last request's method, path, query, api-version, headers and body as seen here. Counters are per
+process: `fastproxy mock-upstream --ports A,B` runs one instance per port.
 """
 
 from __future__ import annotations
@@ -15,63 +47,60 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from typing import Any
 
 import msgspec
 
-from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.core.types import Message, Receive, Scope, Send
+from fastproxy.mock import events
+from fastproxy.mock.modes import (
+    Mode,
+    ModeError,
+    error_body,
+    error_headers,
+    merge,
+    parse,
+    ratelimit_headers,
+    split_model,
+)
 
-CREATED = 1_700_000_000
-WORDS = [b"The", b" quick", b" brown", b" fox", b" jumps", b" over", b" the", b" lazy", b" dog", b"."]
 JSON = [(b"content-type", b"application/json")]
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-
-
-class _Opts(msgspec.Struct):
-    include_usage: bool | None = None
-
-
-class _Req(msgspec.Struct):
-    model: str = "mock-model"
-    stream: bool = False
-    stream_options: _Opts | None = None
-    # Raw fragments: only their size is used, to make up a plausible prompt token count.
-    messages: msgspec.Raw = msgspec.Raw(b"")
-    prompt: msgspec.Raw = msgspec.Raw(b"")
-    input: msgspec.Raw = msgspec.Raw(b"")
-
-
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
-_decode = msgspec.json.Decoder(_Req).decode
-_encode = msgspec.json.encode
+_MODEL_PATHS = (*_KINDS, "/v1/embeddings")
+_AZURE = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)")
+_encode = events.encode
 
 
-def _prompt_tokens(req: _Req) -> int:
-    raw = req.messages or req.prompt or req.input
-    return max(1, len(raw) // 4) if raw else 1
-
-
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
-    }
+class StreamCut(Exception):
+    """Raised by `cut_after` once its events are sent: Granian then aborts the chunked body."""
 
 
 class MockUpstream:
-    def __init__(self, chunks: int = 10, delay_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        chunks: int = 10,
+        delay_ms: float = 0.0,
+        mode: str = "",
+        reject_keys: frozenset[str] = frozenset(),
+    ) -> None:
         self.chunks = chunks
         self.delay_ms = delay_ms
+        # Parsed and checked once, so a bad MOCK_MODE stops the instance at startup.
+        self.env_mode = parse(mode) if mode else {}
+        merge(self.env_mode, None, None)
+        self.reject_keys = reject_keys
         self.stats = {"requests": 0, "streams_started": 0, "streams_completed": 0, "streams_disconnected": 0}
+        self.auth: dict[str, int] = {}
+        self.models: dict[str, int] = {}
+        self.failed: dict[str, int] = {}  # fail_first: requests seen per model string
         self.last: dict[str, Any] = {}
         self._models = _encode(
             {
                 "object": "list",
                 "data": [
-                    {"id": m, "object": "model", "created": CREATED, "owned_by": "fastproxy-mock"}
+                    {"id": m, "object": "model", "created": events.CREATED, "owned_by": "fastproxy-mock"}
                     for m in ("mock-model", "gpt-4o-mini", "text-embedding-3-small")
                 ],
             }
@@ -97,40 +126,102 @@ class MockUpstream:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         path, method = scope["path"], scope["method"]
         if path.startswith("/_mock/"):
-            payload = self.stats if path == "/_mock/stats" else self.last
-            await _respond(send, 200, _encode(payload))
+            await self._control(path, method, send)
             return
         self.stats["requests"] += 1
+        query = scope["query_string"].decode("latin-1")
         self.last = {
             "method": method,
             "path": path,
-            "query": scope["query_string"].decode("latin-1"),
+            "query": query,
             "headers": headers,
             "body": base64.b64encode(body).decode(),
+            "api_version": _api_version(query),
         }
+        deployment = None
+        if azure := _AZURE.fullmatch(path):
+            deployment, path = azure[1], "/v1/" + azure[2]
+        req: events.Req | None = None
+        bad_body: str | None = None
+        if method == "POST" and path in _MODEL_PATHS:
+            try:
+                req = events.decode(body)
+                req.model = req.model or deployment or "mock-model"
+            except msgspec.DecodeError as exc:
+                bad_body = str(exc)
+        model = req.model if req else None
+        credential = headers.get("authorization") or headers.get("api-key") or "none"
+        self.auth[credential] = self.auth.get(credential, 0) + 1
+        if model is not None:
+            self.models[model] = self.models.get(model, 0) + 1
+        if rejected := self._rejected(headers):
+            message = f"Incorrect API key provided: ...{rejected[-4:]}."
+            await _respond(send, 401, _encode(error_body(401, message=message)))
+            return
+        try:
+            mode = merge(self.env_mode, headers.get("x-mock-mode"), split_model(model)[1] if model else None)
+        except ModeError as exc:
+            await _respond(send, 400, _encode(error_body(400, message=str(exc))))
+            return
+        if mode.first_token_ms and await _disconnected(receive, mode.first_token_ms / 1000):
+            return
+        if mode.hang:
+            await _disconnected(receive, None)
+            return
         if "x-mock-sleep-ms" in headers:
             await asyncio.sleep(float(headers["x-mock-sleep-ms"]) / 1000)
         if "x-mock-status" in headers:
             status = int(headers["x-mock-status"])
-            err = {
-                "error": {
-                    "message": f"mock error {status}",
-                    "type": "mock_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+            err = {"error": {"message": f"mock error {status}", "type": "mock_error", "param": None, "code": None}}
             await _respond(send, status, _encode(err))
             return
-        await self._route(method, path, body, headers, scope, receive, send)
+        if failing := self._failing(mode, model or ""):
+            headers_out = JSON + error_headers(mode, failing)
+            await _respond(send, failing, _encode(error_body(failing, mode.code)), headers_out)
+            return
+        if bad_body is not None:
+            err = {"error": {"message": bad_body, "type": "invalid_request_error", "param": None, "code": None}}
+            await _respond(send, 400, _encode(err))
+            return
+        if mode.ratelimit_remaining is not None:
+            send = _adding_headers(send, ratelimit_headers(mode.ratelimit_remaining))
+        await self._route(method, path, req, headers, mode, receive, send)
+
+    async def _control(self, path: str, method: str, send: Send) -> None:
+        if path == "/_mock/reset" and method == "POST":
+            self.stats = dict.fromkeys(self.stats, 0)
+            self.auth, self.models, self.failed = {}, {}, {}
+            await _respond(send, 200, b"{}")
+        elif path == "/_mock/stats":
+            await _respond(send, 200, _encode({**self.stats, "auth": self.auth, "models": self.models}))
+        else:
+            await _respond(send, 200, _encode(self.last))
+
+    def _rejected(self, headers: dict[str, str]) -> str | None:
+        if not self.reject_keys:
+            return None
+        bearer = headers.get("authorization", "")
+        for key in (bearer[7:] if bearer[:7].lower() == "bearer " else None, headers.get("api-key")):
+            if key is not None and key in self.reject_keys:
+                return key
+        return None
+
+    def _failing(self, mode: Mode, model: str) -> int | None:
+        """The error status this request gets, if any, counting fail_first's requests per model string."""
+        status = mode.error_status
+        if status is None or mode.fail_first is None:
+            return status
+        seen = self.failed.get(model, 0)
+        self.failed[model] = seen + 1
+        return status if seen < mode.fail_first else None
 
     async def _route(
         self,
         method: str,
         path: str,
-        body: bytes,
+        req: events.Req | None,
         headers: dict[str, str],
-        scope: Scope,
+        mode: Mode,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -138,36 +229,24 @@ class MockUpstream:
             await _respond(send, 200, self._models)
         elif path.startswith("/v1/models/"):
             model = path.removeprefix("/v1/models/")
-            await _respond(send, 200, _encode({"id": model, "object": "model", "created": CREATED, "owned_by": "x"}))
-        elif path in ("/v1/chat/completions", "/v1/completions", "/v1/responses") and method == "POST":
-            try:
-                req = _decode(body)
-            except msgspec.DecodeError as exc:
-                err = {
-                    "error": {
-                        "message": str(exc),
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-                await _respond(send, 400, _encode(err))
-                return
+            doc = {"id": model, "object": "model", "created": events.CREATED, "owned_by": "x"}
+            await _respond(send, 200, _encode(doc))
+        elif path in _KINDS and req is not None:
             chunks = int(headers.get("x-mock-chunks", self.chunks))
             delay = float(headers.get("x-mock-delay-ms", self.delay_ms)) / 1000
             kind = _KINDS[path]
             if req.stream:
-                await self._stream(kind, req, chunks, delay, receive, send)
+                await self._stream(kind, req, chunks, delay, mode, receive, send)
             else:
-                await _respond(send, 200, _encode(_complete(kind, req, chunks)))
-        elif path == "/v1/embeddings" and method == "POST":
-            req = _decode(body)
+                await _respond(send, 200, _encode(events.complete(kind, req, chunks)))
+        elif path == "/v1/embeddings" and req is not None:
             vec = [round(0.001 * i, 3) for i in range(256)]
+            tokens = events.prompt_tokens(req)
             doc = {
                 "object": "list",
                 "data": [{"object": "embedding", "index": 0, "embedding": vec}],
                 "model": req.model,
-                "usage": {"prompt_tokens": _prompt_tokens(req), "total_tokens": _prompt_tokens(req)},
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
             await _respond(send, 200, _encode(doc))
         elif path == "/v1/audio/speech" and method == "POST":
@@ -176,12 +255,17 @@ class MockUpstream:
                 await send({"type": "http.response.body", "body": bytes([i]) * 1024, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         else:
-            echo = {k: v for k, v in self.last.items() if k != "headers"}
+            echo = {k: v for k, v in self.last.items() if k not in ("headers", "api_version")}
             await _respond(send, 200, _encode({"object": "echo", **echo}))
 
-    async def _stream(self, kind: str, req: _Req, chunks: int, delay: float, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, kind: str, req: events.Req, chunks: int, delay: float, mode: Mode, receive: Receive, send: Send
+    ) -> None:
         self.stats["streams_started"] += 1
-        events = _stream_events(kind, req, chunks)
+        stream = events.stream_events(kind, req, chunks)
+        end = mode.stream_end
+        if end is not None:
+            stream = stream[: events.first_content(kind) + min(end[1], chunks)]
         disconnected = asyncio.Event()
 
         async def watch() -> None:
@@ -192,152 +276,69 @@ class MockUpstream:
         watcher = asyncio.ensure_future(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE})
-            for event in events:
+            for event in stream:
                 if delay:
                     await asyncio.sleep(delay)
                 if disconnected.is_set():
                     raise ConnectionError
                 await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-            self.stats["streams_completed"] += 1
+            if end is None:
+                await send({"type": "http.response.body", "body": b""})
+                self.stats["streams_completed"] += 1
+            elif end[0] == "cut":
+                raise StreamCut(f"cut_after={end[1]}: aborting the response on purpose")
+            elif end[0] == "stall":
+                await disconnected.wait()
+                raise ConnectionError
+            else:
+                await send({"type": "http.response.body", "body": events.STREAM_ERROR, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
         except (ConnectionError, OSError, RuntimeError):
             self.stats["streams_disconnected"] += 1
         finally:
             watcher.cancel()
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON})
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def _complete(kind: str, req: _Req, chunks: int) -> dict[str, Any]:
-    text = b"".join(WORDS[i % len(WORDS)] for i in range(chunks)).decode()
-    usage = _usage(_prompt_tokens(req), chunks)
-    if kind == "chat":
-        return {
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "created": CREATED,
-            "model": req.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": usage,
-            "system_fingerprint": "fp_mock",
-        }
-    if kind == "completions":
-        return {
-            "id": "cmpl-mock",
-            "object": "text_completion",
-            "created": CREATED,
-            "model": req.model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage,
-        }
-    return _response_object(req, text, "completed", usage)
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] < 400:
+            message = {**message, "headers": [*message["headers"], *extra]}
+        await send(message)
+
+    return wrapped
 
 
-def _response_object(req: _Req, text: str, status: str, usage: dict[str, Any] | None) -> dict[str, Any]:
-    resp_usage = None
-    if usage is not None:
-        resp_usage = {
-            "input_tokens": usage["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": usage["completion_tokens"],
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": usage["total_tokens"],
-        }
-    output = []
-    if text:
-        output = [
-            {
-                "type": "message",
-                "id": "msg_mock",
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        ]
-    return {
-        "id": "resp_mock",
-        "object": "response",
-        "created_at": CREATED,
-        "status": status,
-        "model": req.model,
-        "output": output,
-        "usage": resp_usage,
-    }
+async def _disconnected(receive: Receive, seconds: float | None) -> bool:
+    """Wait for the client to leave (True) or for `seconds` to pass (False; None waits for ever)."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(watch(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
-def _stream_events(kind: str, req: _Req, chunks: int) -> list[bytes]:
-    if kind == "responses":
-        return _responses_events(req, chunks)
-    is_chat = kind == "chat"
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    obj = "chat.completion.chunk" if is_chat else "text_completion"
-    ident = "chatcmpl-mock" if is_chat else "cmpl-mock"
-    events: list[bytes] = []
-
-    def chunk(choices: list[dict[str, Any]], usage: Any = ...) -> bytes:
-        doc: dict[str, Any] = {"id": ident, "object": obj, "created": CREATED, "model": req.model}
-        if is_chat:
-            doc["system_fingerprint"] = "fp_mock"
-        doc["choices"] = choices
-        if usage is not ...:
-            doc["usage"] = usage
-        elif include_usage:
-            doc["usage"] = None
-        return b"data: " + _encode(doc) + b"\n\n"
-
-    for i in range(chunks):
-        word = WORDS[i % len(WORDS)].decode()
-        if is_chat:
-            delta: dict[str, Any] = {"content": word}
-            if i == 0:
-                delta = {"role": "assistant", "content": word}
-            events.append(chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]))
-        else:
-            events.append(chunk([{"index": 0, "text": word, "logprobs": None, "finish_reason": None}]))
-    if is_chat:
-        events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
-    else:
-        events.append(chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]))
-    if include_usage:
-        events.append(chunk([], _usage(_prompt_tokens(req), chunks)))
-    events.append(b"data: [DONE]\n\n")
-    return events
-
-
-def _responses_events(req: _Req, chunks: int) -> list[bytes]:
-    seq = 0
-
-    def event(name: str, doc: dict[str, Any]) -> bytes:
-        nonlocal seq
-        doc = {"type": name, "sequence_number": seq, **doc}
-        seq += 1
-        return b"event: " + name.encode() + b"\ndata: " + _encode(doc) + b"\n\n"
-
-    text = ""
-    events = [event("response.created", {"response": _response_object(req, "", "in_progress", None)})]
-    for i in range(chunks):
-        word = WORDS[i % len(WORDS)].decode()
-        text += word
-        events.append(
-            event(
-                "response.output_text.delta",
-                {"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": word},
-            )
-        )
-    final = _response_object(req, text, "completed", _usage(_prompt_tokens(req), chunks))
-    events.append(event("response.completed", {"response": final}))
-    return events
+def _api_version(query: str) -> str | None:
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "api-version":
+            return value
+    return None
 
 
 def app_from_env() -> MockUpstream:
-    return MockUpstream(int(os.environ.get("MOCK_CHUNKS", "10")), float(os.environ.get("MOCK_DELAY_MS", "0")))
+    return MockUpstream(
+        int(os.environ.get("MOCK_CHUNKS", "10")),
+        float(os.environ.get("MOCK_DELAY_MS", "0")),
+        os.environ.get("MOCK_MODE", ""),
+        frozenset(k.strip() for k in os.environ.get("MOCK_REJECT_KEYS", "").split(",") if k.strip()),
+    )

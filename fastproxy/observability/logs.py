@@ -70,7 +70,7 @@ class AccessLog:
     the GIL with the loop, and on a busy CPU that contention costs the loop far more than the work.
     A JSON batch is one msgspec `encode_lines` call over the records (a line is its record's encoding,
     nothing added or replaced): about a third of the cost of encoding each record and completing its
-    line in Python (bench/observability/micro.py).
+    line in Python (bench/RESULTS.md, "History": observability overhead).
     `close()` formats and writes everything handed over, then stops the thread.
     """
 

@@ -94,6 +94,16 @@ def decode_view(body: bytes) -> RequestView:
         ) from exc
 
 
+_top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """The body with only its top-level `model` changed: every other member's bytes are kept as sent."""
+    doc = _top_level.decode(body)
+    doc["model"] = msgspec.Raw(json_encoder.encode(model))
+    return json_encoder.encode(doc)
+
+
 def with_include_usage(body: bytes, view: RequestView) -> bytes:
     if view.stream_options is None:
         # Splice the option in after the opening brace: the messages are never decoded or re-encoded.

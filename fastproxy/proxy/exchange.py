@@ -1,5 +1,6 @@
-"""One exchange with the upstream: send the request, give the response back (streamed or whole) while
-the SSE watcher reads the usage, and cancel it all when the client leaves."""
+"""What every exchange with an upstream shares: the per-request Outcome, the response headers the client
+gets, cancelling on disconnect; and the pass-through exchange for paths the proxy does not account
+(no model, no fallback: bytes both ways). Model requests go through proxy/failover.py."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from typing import Any
 
 from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import UpstreamError
-from fastproxy.core.schemas import TokenUsage, usage_from_json
+from fastproxy.core.records import FailedAttempt
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.core.types import Message, RawHeaders, Receive, Send
-from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS, server_timing
-from fastproxy.proxy.sse import SSEWatcher
+from fastproxy.proxy.headers import DROP_RESPONSE, server_timing
 from fastproxy.server.state import State
-from fastproxy.upstream import HeaderList, UpstreamResponse
+from fastproxy.upstream import HeaderList
 
 log = logging.getLogger("fastproxy.proxy")
 
@@ -25,18 +26,24 @@ class Outcome:
     """Per-request facts gathered on the way, turned into a RequestRecord at the end."""
 
     __slots__ = (
+        "attempts",
         "cache_hit",
         "disconnected",
         "error",
         "events",
+        "failures",
         "injected",
         "model",
+        "partial",
         "prompt_estimate",
+        "provider",
         "sent",
         "started",
         "status",
         "stream",
+        "tee",
         "ttfb",
+        "upstream_model",
         "upstream_status",
         "usage",
     )
@@ -54,11 +61,31 @@ class Outcome:
         self.disconnected = False
         self.events = 0
         self.started = 0.0
-        # When the request went upstream (perf_counter), for Server-Timing and the metrics.
+        # When the request first went upstream (perf_counter), for Server-Timing and the metrics.
         self.sent: float | None = None
         self.prompt_estimate = 0
-        # Answered by the response cache (or by an identical request in flight), not by the upstream.
+        # The provider and model of the last attempt, the attempts made and the ones that failed.
+        self.provider: str | None = None
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        self.failures: list[FailedAttempt] | None = None
+        # The stream broke after its commit point: the client got an error event.
+        self.partial = False
+        # Answered by the response cache (or by an identical request in flight), not by an upstream.
         self.cache_hit = False
+        # The response cache's tee (fastproxy/cache): sees the committed answer as the client gets it.
+        self.tee: Lookup | None = None
+
+
+def response_headers(
+    upstream: RawHeaders, request_id: bytes, started: float, sent: float | None, extra: RawHeaders
+) -> RawHeaders:
+    """The upstream's response headers the client may see, and the proxy's own."""
+    headers: RawHeaders = [(k, v) for k, v in upstream if k.lower() not in DROP_RESPONSE]
+    headers.append((b"x-request-id", request_id))
+    headers.append(server_timing(started, sent if sent is not None else started, perf_counter()))
+    headers.extend(extra)
+    return headers
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -94,7 +121,7 @@ async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None]
         watcher.cancel()
 
 
-async def exchange(
+async def passthrough(
     state: State,
     method: str,
     url: str,
@@ -104,78 +131,26 @@ async def exchange(
     request_id: bytes,
     extra_headers: RawHeaders,
     out: Outcome,
-    tee: Lookup | None = None,
 ) -> None:
-    out.sent = sent = perf_counter()
+    """One attempt at the default provider, the response streamed back as it comes (any content type)."""
+    out.sent = perf_counter()
     resp = await state.upstream.send(method, url, headers, body, stream=out.stream)
     out.upstream_status = out.status = resp.status
-    response_headers: RawHeaders = [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE]
-    content_type = next((v for k, v in resp.headers if k.lower() == b"content-type"), b"")
-    is_stream = content_type.startswith(b"text/event-stream")
-    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
-        tee.start(resp.status, response_headers.copy(), is_stream)
-    response_headers.append((b"x-request-id", request_id))
-    response_headers.append(server_timing(out.started, sent, perf_counter()))
-    response_headers.extend(extra_headers)
-    if is_stream:
-        response_headers.extend(STREAM_HEADERS)
-        watcher = SSEWatcher(strip=out.injected) if out.model is not None else None
-        await _stream(resp, send, response_headers, watcher, out, tee)
-    elif out.model is not None:
-        try:
-            data = await resp.read()
-        except BaseException:
-            await resp.abort()
-            raise
-        await resp.release()
-        out.ttfb = perf_counter()
-        if resp.status < 300:
-            out.usage = usage_from_json(data)[0]
-        if tee is not None:  # cache hook: the whole body, stored when it is a 200
-            tee.chunk(data)
-            tee.end(out.usage)
-        response_headers.append((b"content-length", str(len(data)).encode()))
-        await send({"type": "http.response.start", "status": resp.status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": data})
-    else:
-        await _stream(resp, send, response_headers, None, out)
-
-
-async def _stream(
-    resp: UpstreamResponse,
-    send: Send,
-    headers: RawHeaders,
-    watcher: SSEWatcher | None,
-    out: Outcome,
-    tee: Lookup | None = None,
-) -> None:
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
+    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
     try:
         async for chunk in resp.chunks():
             if out.ttfb is None:
                 out.ttfb = perf_counter()
-            if tee is not None:  # cache hook: the raw upstream events, before any include_usage stripping
-                tee.chunk(chunk)
-            if watcher is not None:
-                chunk = watcher.feed(chunk)
-                if not chunk:
-                    continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if watcher is not None and (tail := watcher.finish()):
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
     except UpstreamError as err:
-        # Headers are gone already: all that is left is to end the stream and say why in the log.
+        # Headers are gone already: all that is left is to end the body and say why in the log.
         await resp.abort()
         out.error = err.code
-        log.warning("upstream stream failed: %s", err.message)
+        log.warning("upstream pass-through failed: %s", err.message)
     except BaseException:
         await resp.abort()
         raise
     else:
         await resp.release()
-    finally:
-        if watcher is not None:
-            out.usage, out.events = watcher.usage, watcher.events
-    if tee is not None and out.error is None:  # cache hook: a stream that completed may be stored
-        tee.end(out.usage)
     await send({"type": "http.response.body", "body": b""})

@@ -1,8 +1,10 @@
 """Request orchestration. The hot path reads top to bottom in `proxy`:
 
     headers (one pass) -> auth (cached) -> body, with a size limit -> narrow view -> model allowed?
-    -> limiter admits (one call) -> upstream, original bytes -> response streamed back, SSE watched
-    for usage -> limiter settles -> record handed to the observers (log, metrics, usage writer)
+    -> limiter admits (one call) -> route: the model's targets, tried until one answers (failover.py),
+    original bytes (only `model` rewritten for a target that names another) -> response streamed back
+    after its commit point, SSE watched for usage -> limiter settles -> record handed to the observers
+    (log, metrics, usage writer)
 
 Handlers talk only to adapters held by State; no network library is imported here.
 """
@@ -28,7 +30,8 @@ from fastproxy.proxy.body import (
     read_body,
     with_include_usage,
 )
-from fastproxy.proxy.exchange import Outcome, cancel_on_disconnect, exchange
+from fastproxy.proxy.exchange import Outcome, cancel_on_disconnect, passthrough
+from fastproxy.proxy.failover import run_plan
 from fastproxy.proxy.headers import (
     DROP_REQUEST,
     DROP_REQUEST_ACCOUNTED,
@@ -37,9 +40,9 @@ from fastproxy.proxy.headers import (
     proxy_timing,
     server_timing,
 )
-from fastproxy.proxy.sse import SSEWatcher
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList
+from fastproxy.upstream.router import LiveRoute, Plan
 
 _NOTHING_USED = TokenUsage()
 
@@ -88,6 +91,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         body = await read_body(receive, state.settings.max_body_bytes, declared)
         estimate = 0
         lookup: Lookup | None = None
+        route: LiveRoute | None = None
         if endpoint.accounted:
             view = decode_view(body)
             body = _prepare_body(body, view, endpoint, principal, out)
@@ -95,32 +99,42 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             out.prompt_estimate = estimate_prompt(len(body))
             forward.append(IDENTITY)
             if state.cache is not None:  # cache hook 1: look the request up before anything is taken or sent
+                route = state.router.resolve(view.model or "")
                 lookup = await state.cache.lookup(
                     scope["headers"],
                     endpoint.name,
                     principal,
                     view.temperature,
                     view.seed,
-                    state.base_url,
+                    # The resolved route, and whether the stream is given back without its usage chunk
+                    # (what is stored is what the client was sent).
+                    f"{route.name}|{int(out.injected)}",
                     view.model or "",
                     body,
                 )
                 if lookup.entry is not None and not state.settings.cache_hit_tokens:
                     estimate = 0  # a hit takes one request from the limits, no tokens
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
-        forward.extend(state.upstream_headers)
         forward.append(("x-request-id", request_id.decode()))
-        url = state.base_url + scope["path"][3:]
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
-        if lookup is None:
-            work = exchange(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
-        elif lookup.answers:  # cache hook 2: a hit, or an identical request in flight answers this one
-            work = _cached(state, lookup, scope["method"], url, forward, body, send, request_id, admission.headers, out)
-        else:  # cache hook 3: upstream as usual, the response teed into the cache
-            extra = [*admission.headers, lookup.header]
-            tee = lookup if lookup.tees else None
-            work = exchange(state, scope["method"], url, forward, body, send, request_id, extra, out, tee)
+        tail = scope["path"][3:]
+        query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+        if out.model is not None:
+            # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
+            plan = state.router.plan(route or state.router.resolve(out.model), out.model)
+            if lookup is not None and lookup.answers:  # cache hook 2: a hit, or an identical request in flight
+                work = _cached(state, lookup, plan, scope["method"], tail, query, forward, body, send, request_id,
+                               admission.headers, out)  # fmt: skip
+            else:
+                extra = admission.headers
+                if lookup is not None:  # cache hook 3: the answer is teed into the cache (proxy/failover.py)
+                    extra = [*extra, lookup.header]
+                    out.tee = lookup if lookup.tees else None
+                work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
+                                extra, out)  # fmt: skip
+        else:
+            forward.extend(state.upstream_headers)
+            url = state.base_url + tail + ("?" + query if query else "")
+            work = passthrough(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
         try:
             await cancel_on_disconnect(receive, work, out)
         finally:
@@ -162,6 +176,11 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         request_id_from_client=id_from_client,
         ts=time(),
         pid=state.pid,
+        provider=out.provider,
+        upstream_model=out.upstream_model,
+        attempts=out.attempts,
+        failures=out.failures,
+        partial=out.partial,
         cache_hit=out.cache_hit,
     )
     for observe in state.observers:
@@ -171,8 +190,10 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
 async def _cached(
     state: State,
     lookup: Lookup,
+    plan: Plan,
     method: str,
-    url: str,
+    tail: str,
+    query: str,
     forward: HeaderList,
     body: bytes,
     send: Send,
@@ -181,16 +202,13 @@ async def _cached(
     out: Outcome,
 ) -> None:
     """A hit, or a follower of an identical request in flight (fastproxy/cache), answered here; when the
-    followed request failed before answering, this one goes upstream as usual."""
-    framer = SSEWatcher(strip=out.injected) if out.stream else None
+    followed request failed before answering, this one goes to its route as usual."""
     now = perf_counter()
     headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
-    if await lookup.serve(send, headers, framer):
+    if await lookup.serve(send, headers, None):
         out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
-        if framer is not None:
-            out.events = framer.events
         return
-    await exchange(state, method, url, forward, body, send, request_id, [*limits, lookup.header], out)
+    await run_plan(state, plan, method, tail, query, forward, body, send, request_id, [*limits, lookup.header], out)
 
 
 def _used(out: Outcome) -> TokenUsage | None:

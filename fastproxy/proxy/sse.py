@@ -15,6 +15,8 @@ from fastproxy.core.schemas import TokenUsage, usage_from_json
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _EVENT = re.compile(rb"(.*?)(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# How a complete stream ends: `data: [DONE]` (chat, completions), or the Responses API's final event.
+_END = re.compile(rb'(?:^|\n)data: ?\[DONE\]|"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 
@@ -49,13 +51,20 @@ class SSEWatcher:
     for its end: real providers send one event per chunk, so in practice nothing waits.
     """
 
-    __slots__ = ("_pending", "events", "strip", "usage")
+    __slots__ = ("_last", "_pending", "events", "strip", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
         self.usage: TokenUsage | None = None
         self.events = 0
         self._pending = b""
+        # The last whole events seen: the stream ended properly if its final event is in them.
+        self._last = b""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the last event seen is the stream's proper end (read once, after the stream)."""
+        return _END.search(self._last) is not None
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._pending and chunk.endswith(b"\n\n"):
@@ -82,6 +91,7 @@ class SSEWatcher:
         return out.removesuffix(b"\n\n")
 
     def _process(self, complete: bytes) -> bytes:
+        self._last = complete
         self.events += _count_events(complete)
         if b'"usage"' not in complete:
             return complete

@@ -1,7 +1,7 @@
 """One pipelined Redis connection for the limiter's script calls: the request path's only Redis I/O.
 
 A script call through redis-py costs about 125 µs of CPU here (connection pool, retry wrapper, event
-dispatch, packing in Python); this channel costs about 37 (bench/ratelimit/wire.py measures both):
+dispatch, packing in Python); this channel costs about 37 (bench/RESULTS.md, "History": the rate-limiter cost):
 an asyncio Protocol on the loop's own transport, replies parsed by hiredis (the parser redis-py itself
 uses), each command packed with one join. It speaks only what the limiter needs (EVALSHA, SCRIPT LOAD,
 and AUTH / SELECT when it connects); everything else keeps using redis-py.

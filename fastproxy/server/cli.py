@@ -1,10 +1,11 @@
-"""The `fastproxy` command: serve, demo, mock-upstream, migrate, users, keys."""
+"""The `fastproxy` command: serve, demo, mock-upstream (one or several ports), migrate, users, keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from fastproxy import __version__
 from fastproxy.accounts.cli import CommandError, add_commands, demo_key
 from fastproxy.core.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from fastproxy.mock.modes import ModeError, merge, parse
 from fastproxy.observability.multiproc import multiprocess_dir, serve_metrics_port
 from fastproxy.server.fdlimit import needed, raise_soft_limit
 
@@ -74,10 +76,68 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _serve(_apply_overrides(args))
 
 
+def _mock_plan(args: argparse.Namespace) -> dict[int, str | None]:
+    """Each port to serve and its MOCK_MODE (None: inherit the environment's); raises CommandError."""
+    try:
+        ports = [int(p) for p in args.ports.split(",")] if args.ports else [args.port]
+    except ValueError:
+        raise CommandError(f"--ports: expected comma-separated port numbers, got {args.ports!r}") from None
+    if len(set(ports)) != len(ports):
+        raise CommandError(f"--ports: a port is listed twice in {args.ports!r}")
+    plan: dict[int, str | None] = dict.fromkeys(ports)
+    for item in args.mode:
+        port, eq, directives = item.partition("=")
+        if not eq or not port.isdigit() or int(port) not in plan:
+            raise CommandError(f"--mode {item!r}: expected PORT=DIRECTIVES with PORT one of {ports}")
+        try:
+            merge(parse(directives), None, None)
+        except ModeError as exc:
+            raise CommandError(f"--mode {item!r}: {exc}") from None
+        plan[int(port)] = directives
+    return plan
+
+
 def cmd_mock_upstream(args: argparse.Namespace) -> None:
     os.environ["MOCK_CHUNKS"] = str(args.chunks)
     os.environ["MOCK_DELAY_MS"] = str(args.delay_ms)
-    _granian("fastproxy.mock.server:app_from_env", args.host, args.port, args.workers)
+    plan = _mock_plan(args)
+    if len(plan) == 1:
+        port, mode = next(iter(plan.items()))
+        if mode is not None:
+            os.environ["MOCK_MODE"] = mode
+        _granian("fastproxy.mock.server:app_from_env", args.host, port, args.workers)
+        return
+    _run_mocks(args, plan)
+
+
+def _run_mocks(args: argparse.Namespace, plan: dict[int, str | None]) -> None:
+    """One `mock-upstream` process per port (its own counters); all stop when one exits or we are told to."""
+    common = ["--host", args.host, "--workers", str(args.workers), "--chunks", str(args.chunks)]
+    common += ["--delay-ms", str(args.delay_ms)]
+    procs = []
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for port, mode in plan.items():
+            env = {**os.environ, **({"MOCK_MODE": mode} if mode is not None else {})}
+            argv = [sys.executable, "-m", "fastproxy", "mock-upstream", *common, "--port", str(port)]
+            procs.append(subprocess.Popen(argv, env=env))
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.2)
+        raise SystemExit(next(proc.returncode for proc in procs if proc.returncode is not None) or 1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
@@ -160,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     mock = sub.add_parser("mock-upstream", help="run the built-in OpenAI-compatible mock provider")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8001)
+    mock.add_argument("--ports", help="comma-separated ports: one mock per port, each with its own counters")
+    mock.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="PORT=DIRECTIVES",
+        help="MOCK_MODE failure directives for one port, e.g. 8001=status=503 (repeatable)",
+    )
     mock.add_argument("--workers", type=int, default=1)
     mock.add_argument("--chunks", type=int, default=10, help="content chunks per stream")
     mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between stream chunks")

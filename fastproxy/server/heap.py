@@ -6,7 +6,7 @@ containers alive at any moment (the coroutines, futures and frames of its in-fli
 at Python's default it collected the young generation every ~70 requests, promoting live requests'
 objects that were about to die anyway, and every ~4 s walked its whole heap (modules, clients,
 pools: tens of thousands of objects) in a full pass that stopped the event loop for 30-60 ms
-(bench/gcpauses.py; bench/RESULTS.md, "Garbage collection"). That was ~4 % of the CPU per request
+(bench/RESULTS.md, "Garbage collection" and its "History"). That was ~4 % of the CPU per request
 and the worst of the latency tail (full's p99 added at half saturation: 56 ms, 26 ms without).
 
 So, once startup is done: collect once, move every surviving object to the permanent generation

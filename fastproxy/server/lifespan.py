@@ -29,6 +29,7 @@ from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
 from fastproxy.upstream import Upstream, build_upstream
+from fastproxy.upstream.router import Router
 from fastproxy.usage.setup import open_usage
 
 log = logging.getLogger("fastproxy")
@@ -74,6 +75,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             # Closed before the upstream: it sends the last pending token reconciliations.
             limiter = build_limiter(settings, metrics)
             stack.push_async_callback(limiter.close)
+            router = Router(settings)
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             base_url = settings.upstream_url.rstrip("/")
             readiness["upstream"] = upstream_check(upstream, base_url, headers)
@@ -93,6 +95,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             yield State(
                 settings=settings,
                 upstream=upstream,
+                router=router,
                 auth=auth,
                 # Budgets are checked before any rate-limit bucket is taken.
                 limiter=usage.gate(limiter) if usage is not None else limiter,

@@ -15,6 +15,7 @@ from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck
 from fastproxy.store import Store
 from fastproxy.upstream import Upstream
+from fastproxy.upstream.router import Router
 
 # Called with every finished request's record; must not block (access log, metrics, usage writer).
 Observer = Callable[[RequestRecord], None]
@@ -27,7 +28,10 @@ class State:
     auth: Authenticator
     limiter: Limiter
     observers: tuple[Observer, ...]
-    # Upstream base URL without a trailing slash; the client's path after `/v1` is appended to it.
+    # Model routes over the providers, and each provider key's live state (breakers, cooldowns).
+    router: Router
+    # The default provider's base URL without a trailing slash, for the paths that are passed through
+    # (no model): the client's path after `/v1` is appended to it.
     base_url: str
     # Headers the proxy adds to every upstream request (the provider's credentials).
     upstream_headers: tuple[tuple[str, str], ...]

@@ -1,9 +1,9 @@
 """The seam between the proxy and the network: a tiny client interface, and the client the settings pick.
 
-Two implementations, chosen by measurement on the proxy path (bench/clients/RESULTS.md and
-bench/RESULTS.md): `reqwest_client` (pyreqwest, Rust: about half aiohttp's CPU per non-streamed
-request) and `aiohttp_client` (pure asyncio: cheaper per SSE event). The default, `auto`, uses each
-where it is cheaper. Each maps its library's exceptions to fastproxy.core.errors, so handlers never see a
+Two implementations, chosen by measurement on the proxy path (bench/RESULTS.md and its "History"):
+`reqwest_client` (pyreqwest, Rust: about half aiohttp's CPU per non-streamed request) and
+`aiohttp_client` (pure asyncio: cheaper per SSE event). The default, `auto`, uses each where it is
+cheaper. Each maps its library's exceptions to fastproxy.core.errors, so handlers never see a
 library type:
 
     connection refused / reset / DNS  -> UpstreamUnreachable (502)

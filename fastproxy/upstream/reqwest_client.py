@@ -1,8 +1,8 @@
 """The upstream seam implemented with pyreqwest (Rust reqwest/hyper; FASTPROXY_UPSTREAM_CLIENT=reqwest).
 
-Measured at about half of aiohttp's CPU per proxied request (bench/clients/RESULTS.md). Two things
-matter for a proxy: .streamed_read_buffer_limit(0)`, without which a streamed body is read ahead up
-to 64 KiB before the first chunk is handed over (SSE would arrive in bursts); and closing the
+Measured at about half of aiohttp's CPU per proxied request (bench/RESULTS.md, "History": the upstream
+HTTP client). Two things matter for a proxy: .streamed_read_buffer_limit(0)`, without which a streamed
+body is read ahead up to 64 KiB before the first chunk is handed over (SSE would arrive in bursts); and closing the
 streamed response (`__aexit__`), which drops the connection when the body was not read to the end.
 """
 

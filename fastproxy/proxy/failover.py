@@ -1,0 +1,400 @@
+"""Attempts: a model request goes to the targets its plan names, one at a time, until one answers.
+
+The house rule: a client gets one complete, correct answer or an explicit error, never a truncated
+stream that looks complete, and never a retry storm.
+
+- Every failure before the commit point (proxy/commit.py) falls back invisibly: refused connections,
+  timeouts (first_token_timeout covers the request up to the first content delta), 5xx and 529, 429
+  (that key rests for its Retry-After), 401/403 (that key rests long, logged once), a stream cut or an
+  error event before its first content; 400 context_length_exceeded goes to the route's context_fallback.
+  Any other 4xx is the client's and goes back unchanged, after one attempt.
+- One budget per request (the route's max_attempts, and request_timeout as a deadline) over every key
+  and target; a worker-wide retry budget (retry_budget of its requests over 10 s) stops storms. A target
+  tried again is backed off first (full jitter).
+- After the commit the proxy never switches: a cut, an error or a stall ends the client's stream with
+  an OpenAI-format error event and no `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from time import monotonic, perf_counter
+
+from fastproxy.core.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from fastproxy.core.records import FailedAttempt
+from fastproxy.core.schemas import usage_from_json
+from fastproxy.core.types import RawHeaders, Send
+from fastproxy.proxy.body import with_model
+from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
+from fastproxy.proxy.exchange import Outcome, response_headers
+from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
+from fastproxy.proxy.sse import SSEWatcher
+from fastproxy.server.state import State
+from fastproxy.upstream import HeaderList, UpstreamResponse
+from fastproxy.upstream.providers import LiveKey
+from fastproxy.upstream.router import Failure, LiveTarget, Plan
+
+log = logging.getLogger("fastproxy.proxy")
+
+_BACKOFF_BASE = 0.1
+_BACKOFF_CAP = 2.0
+# A 429 without Retry-After rests its key this long.
+_DEFAULT_RETRY_AFTER = 1.0
+
+
+class _Failed(Exception):
+    """An attempt failed before anything reached the client."""
+
+    def __init__(
+        self,
+        kind: Failure,
+        reason: str,
+        *,
+        sent: bool = True,
+        error: ProxyError | None = None,
+        response: tuple[int, RawHeaders, bytes] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.sent = sent
+        self.error = error
+        self.response = response
+
+
+def _classify(status: int, data: bytes) -> Failure | None:
+    """What an upstream error status means for the plan; None: the client's own error, returned as is."""
+    if status == 429 or status in (401, 403):
+        return Failure.KEY
+    if status == 400 and b"context_length_exceeded" in data:
+        return Failure.CONTEXT
+    if status >= 500 or status == 408:
+        return Failure.TARGET
+    return None
+
+
+def _retry_after(headers: RawHeaders) -> float:
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"retry-after-ms":
+            try:
+                return max(0.0, float(value) / 1000)
+            except ValueError:
+                continue
+        if lowered == b"retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                continue  # an HTTP date: rare from LLM providers; the default rest applies
+    return _DEFAULT_RETRY_AFTER
+
+
+async def run_plan(
+    state: State,
+    plan: Plan,
+    method: str,
+    tail: str,
+    query: str,
+    headers: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    extra_headers: RawHeaders,
+    out: Outcome,
+) -> None:
+    """Try the plan's targets until one answers (then it streams to the client) or the budget is spent."""
+    router = state.router
+    now = monotonic()
+    router.budget.request(now)
+    budget = plan.route.max_attempts
+    deadline = out.started + state.settings.request_timeout
+    choice: tuple[LiveTarget, LiveKey] | None = plan.first(now)
+    last: _Failed | None = None
+    while choice is not None:
+        target, key = choice
+        if out.attempts:
+            if out.attempts >= budget or perf_counter() >= deadline or not router.budget.try_retry(now):
+                break
+            if plan.repeat:
+                await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**out.attempts)))  # noqa: S311
+        if key.breaker.state != "closed" and not await router.probe(key):
+            # Another worker or instance holds this breaker's one probe: not an attempt, look elsewhere.
+            now = monotonic()
+            choice = plan.next(Failure.TARGET, now)
+            continue
+        out.attempts += 1
+        try:
+            await _attempt(state, plan, target, key, method, tail, query, headers, body, send, request_id,
+                           extra_headers, out)  # fmt: skip
+            return
+        except _Failed as failed:
+            last = failed
+            now = monotonic()
+            _record_failure(state, target, key, failed, now, out)
+            choice = plan.next(failed.kind, now)
+    assert last is not None  # the plan always offers a first attempt
+    await _give_up(last, send, request_id, extra_headers, out)
+
+
+def _record_failure(state: State, target: LiveTarget, key: LiveKey, failed: _Failed, now: float, out: Outcome) -> None:
+    key.last_error = failed.reason
+    if failed.kind is not Failure.TARGET:
+        key.breaker.probing = False  # a probe that met a 429 or a 4xx proved nothing either way
+    if failed.kind is Failure.KEY:
+        status = failed.response[0] if failed.response else 0
+        if status == 429:
+            key.cooldown_until = now + _retry_after(failed.response[1] if failed.response else [])
+        else:
+            if key.cooldown_until <= now:
+                log.warning(
+                    "provider %s refused key %s with %d: it rests %.0fs",
+                    target.provider.name,
+                    key.hint,
+                    status,
+                    state.settings.bad_key_cooldown,
+                )
+            key.cooldown_until = now + state.settings.bad_key_cooldown
+    elif failed.kind is Failure.TARGET and key.breaker.failure(now):
+        state.router.opened(key)
+    if out.failures is None:
+        out.failures = []
+    out.failures.append(FailedAttempt(target.provider.name, key.hint, failed.reason, failed.sent))
+
+
+async def _give_up(last: _Failed, send: Send, request_id: bytes, extra_headers: RawHeaders, out: Outcome) -> None:
+    """Every attempt failed: the last upstream answer as it was, or an explicit gateway error."""
+    answer = last.response
+    if answer is not None and (last.kind is not Failure.KEY or answer[0] == 429):
+        status, headers, data = answer
+        out.upstream_status = out.status = status
+        out_headers = response_headers(headers, request_id, out.started, out.sent, extra_headers)
+        out_headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": data})
+        return
+    if answer is not None:  # 401/403 on every key: about the gateway's credentials, never the client's
+        out.upstream_status = answer[0]
+        raise UpstreamError(
+            "The upstream provider refused the gateway's credentials; no other key or target could answer.",
+            code="upstream_auth_error",
+        )
+    if last.error is not None:
+        raise last.error
+    raise UpstreamError("The upstream stream failed before its first token.", code="upstream_stream_error")
+
+
+async def _attempt(
+    state: State,
+    plan: Plan,
+    target: LiveTarget,
+    key: LiveKey,
+    method: str,
+    tail: str,
+    query: str,
+    headers: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    extra_headers: RawHeaders,
+    out: Outcome,
+) -> None:
+    provider = target.provider
+    model = plan.upstream_model(target)
+    url = provider.url(tail, model, query)
+    payload = body if model == out.model else with_model(body, model)
+    out.provider, out.upstream_model = provider.name, model
+    started = perf_counter()
+    if out.sent is None:
+        out.sent = started
+    key.inflight += 1
+    target.inflight += 1
+    try:
+        await _exchange(state, target, key, url, method, [*headers, *key.headers], payload, send, request_id,
+                        extra_headers, out, started)  # fmt: skip
+    finally:
+        key.inflight -= 1
+        target.inflight -= 1
+
+
+async def _exchange(
+    state: State,
+    target: LiveTarget,
+    key: LiveKey,
+    url: str,
+    method: str,
+    headers: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    extra_headers: RawHeaders,
+    out: Outcome,
+    started: float,
+) -> None:
+    provider = target.provider
+    resp: UpstreamResponse | None = None
+    held: list[bytes] = []
+    watcher: SSEWatcher | None = None
+    chunks = None
+    data = b""
+    try:
+        async with asyncio.timeout(provider.first_token_timeout):
+            resp = await state.upstream.send(method, url, headers, body, stream=out.stream)
+            status = resp.status
+            if status >= 400:
+                data = await resp.read()
+                kind = _classify(status, data)
+                if kind is not None:
+                    await resp.release()
+                    raise _Failed(kind, f"status_{status}", response=(status, resp.headers, data))
+            elif _is_sse(resp.headers):
+                watcher = SSEWatcher(strip=out.injected)
+                chunks = resp.chunks().__aiter__()
+                held = await _until_commit(chunks, watcher)
+            else:
+                data = await resp.read()
+    except _Failed:
+        raise
+    except TimeoutError as exc:
+        if resp is not None:
+            await resp.abort()
+        reason = "first_token_timeout"
+        raise _Failed(
+            Failure.TARGET, reason, error=UpstreamTimeout("The upstream provider did not answer in time.")
+        ) from exc
+    except UpstreamError as err:
+        if resp is not None:
+            await resp.abort()
+        raise _Failed(
+            Failure.TARGET, err.code or "upstream_error", sent=not isinstance(err, UpstreamUnreachable), error=err
+        ) from err
+    except BaseException:
+        if resp is not None:
+            await resp.abort()
+        raise
+    # Committed: from here on this target's answer is the client's.
+    now = monotonic()
+    if key.breaker.success(now):
+        state.router.closed(key)
+    answered = perf_counter()
+    out.ttfb = answered
+    out.upstream_status = out.status = status
+    key.observe_ttft((answered - started) * 1000)
+    if status < 300 and len(provider.keys) > 1:
+        key.observe_ratelimit(resp.headers, now)
+    out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
+    tee = out.tee
+    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
+        tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
+    if watcher is None or chunks is None:
+        await resp.release()
+        if status < 300:
+            out.usage = usage_from_json(data)[0]
+        if tee is not None:  # cache hook: the whole body, stored when it is a 200
+            tee.chunk(data)
+            tee.end(out.usage)
+        out_headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": data})
+        target.ewma_ms = _ewma(target.ewma_ms, (perf_counter() - started) * 1000)
+        return
+    out_headers.extend(STREAM_HEADERS)
+    await send({"type": "http.response.start", "status": status, "headers": out_headers})
+    for part in held:
+        if tee is not None:  # cache hook: the stream as the client gets it
+            tee.chunk(part)
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await _rest_of_stream(state, key, resp, chunks, watcher, send, out, provider.stream_idle_timeout)
+    target.ewma_ms = _ewma(target.ewma_ms, (out.ttfb - started) * 1000)
+
+
+def _ewma(current: float, sample: float) -> float:
+    return sample if not current else current + 0.2 * (sample - current)
+
+
+def _is_sse(headers: RawHeaders) -> bool:
+    return next((v for k, v in headers if k.lower() == b"content-type"), b"").startswith(b"text/event-stream")
+
+
+async def _until_commit(chunks: object, watcher: SSEWatcher) -> list[bytes]:
+    """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first."""
+    commit = CommitPoint()
+    held: list[bytes] = []
+    iterator = chunks.__anext__  # type: ignore[attr-defined]
+    while True:
+        try:
+            chunk = await iterator()
+        except StopAsyncIteration:
+            tail = watcher.finish()
+            if tail:
+                held.append(tail)
+            if watcher.ended:
+                return held  # a whole stream with no content at all: complete as it is
+            raise _Failed(Failure.TARGET, "stream_cut") from None
+        verdict = commit.feed(chunk)
+        forwarded = watcher.feed(chunk)
+        if forwarded:
+            held.append(forwarded)
+        if verdict is Verdict.COMMIT:
+            return held
+        if verdict is Verdict.ERROR:
+            raise _Failed(Failure.TARGET, "stream_error")
+
+
+async def _rest_of_stream(
+    state: State,
+    key: LiveKey,
+    resp: UpstreamResponse,
+    chunks: object,
+    watcher: SSEWatcher,
+    send: Send,
+    out: Outcome,
+    idle: float | None,
+) -> None:
+    iterator = chunks.__anext__  # type: ignore[attr-defined]
+    failed: str | None = None
+    try:
+        while True:
+            try:
+                if idle is None:
+                    chunk = await iterator()
+                else:
+                    async with asyncio.timeout(idle):
+                        chunk = await iterator()
+            except StopAsyncIteration:
+                break
+            chunk = watcher.feed(chunk)
+            if chunk:
+                if out.tee is not None:  # cache hook: the stream as the client gets it
+                    out.tee.chunk(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if tail := watcher.finish():
+            if out.tee is not None:
+                out.tee.chunk(tail)
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        if not watcher.ended:
+            failed = "upstream_stream_cut"
+    except TimeoutError:
+        failed = "upstream_stream_idle"
+        await resp.abort()
+    except UpstreamError as err:
+        failed = "upstream_stream_idle" if isinstance(err, UpstreamTimeout) else "upstream_stream_cut"
+        await resp.abort()
+    except BaseException:
+        await resp.abort()
+        raise
+    else:
+        await resp.release()
+    finally:
+        out.usage, out.events = watcher.usage, watcher.events
+    if failed is None and out.tee is not None:  # cache hook: a stream that completed may be stored
+        out.tee.end(out.usage)
+    if failed is not None:
+        out.error, out.partial = failed, True
+        if key.breaker.failure(monotonic()):
+            state.router.opened(key)
+        log.warning("upstream stream failed after its first token (%s); the client got an error event", failed)
+        message = "The upstream stream broke off after it had started; the answer is incomplete."
+        await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
