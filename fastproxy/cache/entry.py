@@ -1,9 +1,9 @@
 """A stored answer and the cache key, both pure.
 
-The key is SHA-256 over the scope, the endpoint, the resolved upstream (base URL and model as sent
-upstream) and the request body bytes as sent upstream, each length-prefixed so no two different
-tuples hash alike. The scope comes from the authenticated principal, never from the client, so a
-client cannot name (or probe) another tenant's entry.
+The key is SHA-256 over the scope, the endpoint, the resolved upstream (the route's name, and whether
+the stream's usage chunk is stripped for this client), the model and the request body bytes as sent
+upstream, each length-prefixed so no two different tuples hash alike. The scope comes from the
+authenticated principal, never from the client, so a client cannot name (or probe) another tenant's entry.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ _HEADER_OVERHEAD = 64
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False, frozen=True):
-    """One cached 200 answer. `chunks` are the upstream's bytes as they arrived (one for a plain body);
-    a stream's chunks are the raw upstream events, before any include_usage stripping, so each
-    client's own stripping can be applied on replay."""
+    """One cached 200 answer. `chunks` are the bytes the client was sent, as they were sent (one for a
+    plain body); stream shaping (the usage chunk stripped or not) is part of the key."""
 
     version: int
     created: float
@@ -75,7 +74,7 @@ class CacheKey(msgspec.Struct, frozen=True, gc=False):
 
 
 def derive(scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
-    """The key of a request. `upstream`: the resolved upstream (today the base URL); `model`: as sent upstream.
+    """The key of a request. `upstream`: the resolved route (and stream shaping); `model`: as the client named it.
 
     Each text part is length-prefixed, so no two different tuples give the same bytes to hash.
     """

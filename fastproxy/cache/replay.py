@@ -1,8 +1,7 @@
 """Sending a stored answer, or one still arriving from an identical request's upstream, to a client.
 
-A plain body goes out as stored. A stream goes out as the same SSE events, through the request's own
-framer (the include_usage handling of the normal path: the client gets the usage chunk only if it
-asked), never turned into JSON.
+A plain body goes out as stored. A stream goes out as the same SSE events, never turned into JSON;
+an optional framer (the request path's SSE watcher) may reshape it, for a store of raw upstream bytes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ upstream's response into the store (and to the followers of an identical request
 
     lookup = await cache.lookup(...)        # hit | follow | miss (leads, tees) | bypass (reason)
     hit or follow:  await lookup.serve(...) # False: released by a failed leader, go upstream
-    miss:           the exchange calls lookup.start / chunk / end as the response arrives
+    miss:           the committed attempt (proxy/failover.py) calls start / chunk / end as the answer goes out
     always:         lookup.release() when the request ends (a leader that did not finish fails its flight)
 
 Never raises for a backend's sake: a backend that is down or slow makes the lookup a bypass.
