@@ -75,6 +75,28 @@ FEATURES: dict[str, Feature] = {
             "FASTPROXY_USAGE_JOURNAL_DIR": "bench/out/journal",
         }
     ),
+    # The response cache answering every request but the first (the suite's chat body repeats; its
+    # temperature 0.7 is made cacheable by `always`): a hit, against bare. Not part of full.
+    "cache": Feature({"FASTPROXY_CACHE": "true", "FASTPROXY_CACHE_GENERATIONS": "always"}, in_full=False),
+    # The same hits from Redis (the cache's own URL, so nothing else of full comes with it).
+    "cache-redis": Feature(
+        {
+            "FASTPROXY_CACHE": "true",
+            "FASTPROXY_CACHE_GENERATIONS": "always",
+            "FASTPROXY_CACHE_REDIS_URL": "{redis_url}",
+            "FASTPROXY_REDIS_PREFIX": "{redis_prefix}",
+        },
+        in_full=False,
+    ),
+}
+
+# Every request a cache miss that is stored: entries expire at once (1 µs), and coalescing is off so
+# that the 64 identical requests in flight do not follow one another. Added to full (full+cache-miss).
+CACHE_MISS = {
+    "FASTPROXY_CACHE": "true",
+    "FASTPROXY_CACHE_GENERATIONS": "always",
+    "FASTPROXY_CACHE_TTL": "0.000001",
+    "FASTPROXY_CACHE_COALESCE": "false",
 }
 
 
@@ -136,6 +158,10 @@ def proxy_configs() -> dict[str, ProxyConfig]:
         },
         full.key,
     )
+    # A miss against full: with Redis (full has it, so the cache uses it), and with the in-process LRU.
+    out["full+cache-miss"] = ProxyConfig("full+cache-miss", {**full.env, **CACHE_MISS}, full.key)
+    memory = {**full.env, **CACHE_MISS, "FASTPROXY_CACHE_BACKEND": "memory"}
+    out["full+cache-miss-memory"] = ProxyConfig("full+cache-miss-memory", memory, full.key)
     # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
     out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out

@@ -3,6 +3,7 @@
     POST   /admin/users          GET /admin/users          GET|PATCH|DELETE /admin/users/{id}
     POST   /admin/keys           GET /admin/keys[?user_id] GET|PATCH|DELETE /admin/keys/{id}
     GET    /admin/usage          GET /admin/usage/summary  GET /admin/users/{id}/usage   (fastproxy.usage.api)
+    DELETE /admin/cache[/users/{id}|/keys/{id}|/global|/models/{model}]          (fastproxy.cache.admin)
 
 Authenticated by `Authorization: Bearer $FASTPROXY_ADMIN_KEY` (constant-time compare). With no
 admin key configured every /admin path is 404, as if the API did not exist. Lists are ordered by
@@ -30,6 +31,7 @@ from fastproxy.accounts.admin_schemas import user_create as user_create_decoder
 from fastproxy.accounts.admin_schemas import user_patch as user_patch_decoder
 from fastproxy.accounts.auth import principal_of
 from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.cache import admin as cache_admin
 from fastproxy.core.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -92,6 +94,10 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         return
     try:
         _authorize(scope["headers"], admin_key.encode())
+        if path == cache_admin.PREFIX or path.startswith(cache_admin.PREFIX + "/"):  # needs no database
+            status, result = await cache_admin.handle(state.cache, scope["method"], path)
+            await send_json(send, status, json_encoder.encode(result))
+            return
         operation, ident = _route(scope["method"], path)
         if state.store is None or state.invalidator is None:
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
@@ -257,7 +263,7 @@ async def create_key(call: _Call) -> tuple[int, Any]:
         if user.disabled:
             raise InvalidRequest(f"User '{body.user_id}' is disabled.", param="user_id")
     created = await provisioning.create_key(
-        call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits
+        call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits, body.cache
     )
     log.info("admin: key %s created (ending in %s)", created.id, created.key_hint)
     return 201, created

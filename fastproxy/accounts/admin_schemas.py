@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from fastproxy.core.schemas import Limits
+from fastproxy.core.schemas import KeyCache, Limits
 from fastproxy.store import ApiKey
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -38,6 +38,8 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     allowed_models: list[Model] | None = None
     expires_at: UnixTime | None = None
     limits: Limits | None = None
+    # The key's response-cache settings: {"enabled": bool, "scope": "key" | "user" | "global"}.
+    cache: KeyCache | None = None
 
 
 class KeyPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +47,7 @@ class KeyPatch(msgspec.Struct, forbid_unknown_fields=True):
     allowed_models: list[Model] | UnsetType | None = UNSET
     expires_at: UnixTime | UnsetType | None = UNSET
     limits: Limits | UnsetType | None = UNSET
+    cache: KeyCache | UnsetType | None = UNSET
 
 
 class KeyCreated(ApiKey, kw_only=True):

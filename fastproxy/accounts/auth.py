@@ -192,6 +192,7 @@ def principal_of(key: ApiKey, user: User | None) -> Principal:
         key_limits=key.limits,
         user_limits=user.limits if user else None,
         allowed_models=frozenset(key.allowed_models) if key.allowed_models is not None else None,
+        cache=key.cache,
     )
 
 

@@ -6,7 +6,7 @@ import time
 
 from fastproxy.accounts import keys
 from fastproxy.accounts.admin_schemas import KeyCreated
-from fastproxy.core.schemas import Limits
+from fastproxy.core.schemas import KeyCache, Limits
 from fastproxy.store import ApiKey, Store, User, new_id
 
 
@@ -23,6 +23,7 @@ async def create_key(
     allowed_models: list[str] | None = None,
     expires_at: int | None = None,
     limits: Limits | None = None,
+    cache: KeyCache | None = None,
 ) -> KeyCreated:
     """Generate a key and store its hash; the returned object is the only place the key ever appears."""
     secret = keys.generate_key()
@@ -36,6 +37,7 @@ async def create_key(
         expires_at=expires_at,
         allowed_models=allowed_models,
         limits=limits,
+        cache=cache,
     )
     await store.create_key(record, keys.hash_key(secret))
     fields = {name: getattr(record, name) for name in record.__struct_fields__}

@@ -55,6 +55,8 @@ class RequestRecord(msgspec.Struct, gc=False, kw_only=True):
     request_id_from_client: bool = False
     # When the response ended, in Unix seconds.
     ts: float = 0.0
+    # Answered by the response cache (fastproxy/cache): `usage` is then the original answer's.
+    cache_hit: bool = False
     level: str = "info"
     logger: str = ACCESS_LOGGER
     # The worker that served the request.

@@ -6,6 +6,8 @@ so messages, tools and images are never turned into Python objects.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -23,6 +25,9 @@ class RequestView(msgspec.Struct, gc=False):
     max_completion_tokens: int | None = None
     max_output_tokens: int | None = None
     n: int | None = None
+    # The response cache's rule for a deterministic request (fastproxy/cache/policy.py).
+    temperature: float | None = None
+    seed: int | None = None
 
 
 class _TokenDetails(msgspec.Struct, gc=False):
@@ -124,6 +129,14 @@ class Limits(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fie
     max_budget_usd: float | None = None
 
 
+class KeyCache(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A key's response-cache settings (fastproxy/cache); a field left out follows the global setting.
+    `enabled: false` keeps the key out of the cache; `true` cannot turn on a cache that is off."""
+
+    enabled: bool | None = None
+    scope: Literal["key", "user", "global"] | None = None
+
+
 class Principal(msgspec.Struct, frozen=True, gc=False):
     """Who is calling, as authentication resolved it. Never holds the key itself."""
 
@@ -135,6 +148,7 @@ class Principal(msgspec.Struct, frozen=True, gc=False):
     user_limits: Limits | None = None
     # None means every model is allowed.
     allowed_models: frozenset[str] | None = None
+    cache: KeyCache | None = None
 
 
 ANONYMOUS = Principal()

@@ -20,7 +20,7 @@ from fastproxy.core.schemas import Limits
 ENV_PREFIX = "FASTPROXY_"
 # Structured settings: a TOML table in the file, a JSON object in the environment.
 JSON_FIELDS = frozenset({"global_limits", "ip_limits", "providers", "routes"})
-SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url"})
+SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url"})
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -130,6 +130,33 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Granian's and pyreqwest's runtime threads in SCHED_BATCH, so a socket becoming ready does not
     # preempt the event loop only to wait for its GIL (fastproxy/threads.py). Linux only.
     runtime_threads_batch: bool = True
+    # The response cache (fastproxy/cache): off unless asked for. Global settings today; per route once
+    # routes exist (the key already includes the resolved upstream and model).
+    cache: bool = False
+    # auto: Redis when cache_redis_url or redis_url is set, else the in-process LRU (per worker).
+    cache_backend: Literal["auto", "memory", "redis"] = "auto"
+    # Redis for the cache only; empty: redis_url.
+    cache_redis_url: str = ""
+    # Whose entries a request may read: the key's user (else the key), the key, or everyone ("global").
+    cache_scope: Literal["user", "key", "global"] = "user"
+    cache_ttl: Seconds = 3600.0
+    # Larger answers are not stored (counted as a bypass, reason too_large).
+    cache_max_entry_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * 1024
+    # The in-process LRU's bound per worker, in bytes (entries, their bookkeeping included).
+    cache_memory_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024 * 1024
+    # Chat, completions, Responses: cached when deterministic (temperature 0 or a seed), always, or never.
+    cache_generations: Literal["deterministic", "always", "never"] = "deterministic"
+    # Identical cacheable requests in flight in one worker share the first one's upstream answer.
+    cache_coalesce: bool = True
+    # A hit takes one request from the rate limits; tokens too only when this is true.
+    cache_hit_tokens: bool = False
+    # With Redis, each worker also keeps the entries it reads or writes in its own LRU (cache_memory_bytes)
+    # for this long, so a repeated hit costs no round trip; a purge reaches other instances' copies
+    # only when this expires. 0: every lookup asks Redis.
+    cache_local_ttl: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # A cache lookup in Redis slower than this is skipped (the request goes upstream); Redis is then
+    # retried after redis_retry_interval.
+    cache_redis_timeout: Seconds = 0.05
     # Providers and model routes (fastproxy/core/providers.py; README "Providers and routes"). The upstream
     # above is the provider named `default`, serving every model no route names.
     providers: dict[str, Provider] = msgspec.field(default_factory=dict)
@@ -169,8 +196,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 f"invalid setting auth ({ENV_PREFIX}AUTH): 'keys' needs a database ({ENV_PREFIX}DATABASE_URL); "
                 "use auth = 'none' to run without one"
             )
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"invalid setting redis_url ({ENV_PREFIX}REDIS_URL): expected redis://host:port/db")
+        for name in ("redis_url", "cache_redis_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("redis://", "rediss://", "unix://")):
+                raise SettingsError(
+                    f"invalid setting {name} ({ENV_PREFIX}{name.upper()}): expected redis://host:port/db"
+                )
+        if self.cache_backend == "redis" and not (self.cache_redis_url or self.redis_url):
+            raise SettingsError(
+                f"invalid setting cache_backend ({ENV_PREFIX}CACHE_BACKEND): 'redis' needs "
+                f"{ENV_PREFIX}CACHE_REDIS_URL or {ENV_PREFIX}REDIS_URL"
+            )
 
     def masked(self) -> dict[str, Any]:
         """The effective settings, fit for a log line: secrets show only their last 4 characters."""

@@ -184,6 +184,16 @@ class Metrics:
         self.usage_rows_dropped = counter(
             "fastproxy_usage_rows_dropped", "Usage rows dropped because the buffer and journal were full."
         )
+        # The response cache (fastproxy/cache), moved here from its own counters once a second.
+        self.cache_requests = counter(
+            "fastproxy_cache_requests",
+            "Cacheable-endpoint requests by cache outcome (hit, miss, bypass) and reason.",
+            ("outcome", "reason"),
+        )
+        self.cache_memory_bytes = gauge("fastproxy_cache_memory_bytes", "Bytes held by the in-process cache.")
+        self.cache_bytes_written = counter("fastproxy_cache_bytes_written", "Bytes written to the Redis cache.")
+        self.cache_evictions = counter("fastproxy_cache_evictions", "Entries evicted from the in-process cache.")
+        self.cache_cost_saved = counter("fastproxy_cache_cost_saved_usd", "Spend avoided by cache hits, in USD.")
 
         # Providers and routes (labels: provider names come from the configuration, so they are bounded).
         self.upstream_attempts = counter(
@@ -410,6 +420,22 @@ class Metrics:
 
     def usage_dropped(self, rows: int) -> None:
         self.usage_rows_dropped.inc(rows)
+
+    def cache_observe(
+        self, counts: collections.Counter[tuple[str, str]], held: int, written: int, evictions: int
+    ) -> None:
+        """The cache's counts since the last call (reasons are a fixed vocabulary, fastproxy/cache/service.py);
+        `held`: the in-process cache's bytes now; `written`: bytes written to Redis since the last call."""
+        for (outcome, reason), n in counts.items():
+            self.cache_requests.labels(outcome, reason or "none").inc(n)
+        if evictions:
+            self.cache_evictions.inc(evictions)
+        if written:
+            self.cache_bytes_written.inc(written)
+        self.cache_memory_bytes.set(held)
+
+    def cache_saved(self, usd: float) -> None:
+        self.cache_cost_saved.inc(usd)
 
     # --- exposition -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
 
+from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import UpstreamError
 from fastproxy.core.records import FailedAttempt
 from fastproxy.core.schemas import TokenUsage
@@ -26,6 +27,7 @@ class Outcome:
 
     __slots__ = (
         "attempts",
+        "cache_hit",
         "disconnected",
         "error",
         "events",
@@ -39,6 +41,7 @@ class Outcome:
         "started",
         "status",
         "stream",
+        "tee",
         "ttfb",
         "upstream_model",
         "upstream_status",
@@ -68,6 +71,10 @@ class Outcome:
         self.failures: list[FailedAttempt] | None = None
         # The stream broke after its commit point: the client got an error event.
         self.partial = False
+        # Answered by the response cache (or by an identical request in flight), not by an upstream.
+        self.cache_hit = False
+        # The response cache's tee (fastproxy/cache): sees the committed answer as the client gets it.
+        self.tee: Lookup | None = None
 
 
 def response_headers(

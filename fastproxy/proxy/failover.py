@@ -35,7 +35,7 @@ from fastproxy.core.types import RawHeaders, Send
 from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, response_headers
-from fastproxy.proxy.headers import STREAM_HEADERS
+from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
 from fastproxy.proxy.sse import SSEWatcher
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList, UpstreamResponse
@@ -298,10 +298,16 @@ async def _exchange(
     if status < 300 and len(provider.keys) > 1:
         key.observe_ratelimit(resp.headers, now)
     out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
+    tee = out.tee
+    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
+        tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
     if watcher is None or chunks is None:
         await resp.release()
         if status < 300:
             out.usage = usage_from_json(data)[0]
+        if tee is not None:  # cache hook: the whole body, stored when it is a 200
+            tee.chunk(data)
+            tee.end(out.usage)
         out_headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data})
@@ -310,6 +316,8 @@ async def _exchange(
     out_headers.extend(STREAM_HEADERS)
     await send({"type": "http.response.start", "status": status, "headers": out_headers})
     for part in held:
+        if tee is not None:  # cache hook: the stream as the client gets it
+            tee.chunk(part)
         await send({"type": "http.response.body", "body": part, "more_body": True})
     await _rest_of_stream(state, key, resp, chunks, watcher, send, out, provider.stream_idle_timeout)
     target.ewma_ms = _ewma(target.ewma_ms, (out.ttfb - started) * 1000)
@@ -372,8 +380,12 @@ async def _rest_of_stream(
                 break
             chunk = watcher.feed(chunk)
             if chunk:
+                if out.tee is not None:  # cache hook: the stream as the client gets it
+                    out.tee.chunk(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if tail := watcher.finish():
+            if out.tee is not None:
+                out.tee.chunk(tail)
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not watcher.ended:
             failed = "upstream_stream_cut"
@@ -390,6 +402,8 @@ async def _rest_of_stream(
         await resp.release()
     finally:
         out.usage, out.events = watcher.usage, watcher.events
+    if failed is None and out.tee is not None:  # cache hook: a stream that completed may be stored
+        out.tee.end(out.usage)
     if failed is not None:
         out.error, out.partial = failed, True
         if key.breaker.failure(monotonic()):

@@ -15,11 +15,12 @@ import os
 from dataclasses import dataclass
 from time import perf_counter, time
 
+from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import InvalidRequest, PermissionDenied, ProxyError
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.responses import send_error
 from fastproxy.core.schemas import ANONYMOUS, Principal, RequestView, TokenUsage
-from fastproxy.core.types import Receive, Scope, Send
+from fastproxy.core.types import RawHeaders, Receive, Scope, Send
 from fastproxy.proxy.body import (
     ClientDisconnected,
     decode_view,
@@ -42,6 +43,7 @@ from fastproxy.proxy.headers import (
 from fastproxy.proxy.models import serve_models
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList
+from fastproxy.upstream.router import LiveRoute, Plan
 
 _NOTHING_USED = TokenUsage()
 
@@ -89,21 +91,47 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         declared = parse_length(content_length) if content_length is not None else -1
         body = await read_body(receive, state.settings.max_body_bytes, declared)
         estimate = 0
+        lookup: Lookup | None = None
+        route: LiveRoute | None = None
         if endpoint.accounted:
             view = decode_view(body)
             body = _prepare_body(body, view, endpoint, principal, out)
             estimate = estimate_tokens(len(body), view, state.settings.default_max_tokens)
             out.prompt_estimate = estimate_prompt(len(body))
             forward.append(IDENTITY)
+            if state.cache is not None:  # cache hook 1: look the request up before anything is taken or sent
+                route = state.router.resolve(view.model or "")
+                lookup = await state.cache.lookup(
+                    scope["headers"],
+                    endpoint.name,
+                    principal,
+                    view.temperature,
+                    view.seed,
+                    # The resolved route, and whether the stream is given back without its usage chunk
+                    # (what is stored is what the client was sent).
+                    f"{route.name}|{int(out.injected)}",
+                    view.model or "",
+                    body,
+                )
+                if lookup.entry is not None and not state.settings.cache_hit_tokens:
+                    estimate = 0  # a hit takes one request from the limits, no tokens
         admission = await state.limiter.admit(principal, estimate, client[0] if client else None)
         forward.append(("x-request-id", request_id.decode()))
         tail = scope["path"][3:]
         query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
         if out.model is not None:
             # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
-            plan = state.router.plan(state.router.resolve(out.model), out.model)
-            work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
-                            admission.headers, out)  # fmt: skip
+            plan = state.router.plan(route or state.router.resolve(out.model), out.model)
+            if lookup is not None and lookup.answers:  # cache hook 2: a hit, or an identical request in flight
+                work = _cached(state, lookup, plan, scope["method"], tail, query, forward, body, send, request_id,
+                               admission.headers, out)  # fmt: skip
+            else:
+                extra = admission.headers
+                if lookup is not None:  # cache hook 3: the answer is teed into the cache (proxy/failover.py)
+                    extra = [*extra, lookup.header]
+                    out.tee = lookup if lookup.tees else None
+                work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
+                                extra, out)  # fmt: skip
         elif state.catalog is not None and endpoint.name == "models":
             work = serve_models(state.catalog, scope["method"], tail, send, request_id, admission.headers, out)
         else:
@@ -113,7 +141,10 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         try:
             await cancel_on_disconnect(receive, work, out)
         finally:
-            await state.limiter.settle(admission, _used(out))
+            if lookup is not None:
+                lookup.release()
+            free = out.cache_hit and not state.settings.cache_hit_tokens
+            await state.limiter.settle(admission, _NOTHING_USED if free else _used(out))
     except ProxyError as err:
         out.status, out.error = err.status, err.code or err.type
         now = perf_counter()
@@ -153,9 +184,34 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         attempts=out.attempts,
         failures=out.failures,
         partial=out.partial,
+        cache_hit=out.cache_hit,
     )
     for observe in state.observers:
         observe(record)
+
+
+async def _cached(
+    state: State,
+    lookup: Lookup,
+    plan: Plan,
+    method: str,
+    tail: str,
+    query: str,
+    forward: HeaderList,
+    body: bytes,
+    send: Send,
+    request_id: bytes,
+    limits: RawHeaders,
+    out: Outcome,
+) -> None:
+    """A hit, or a follower of an identical request in flight (fastproxy/cache), answered here; when the
+    followed request failed before answering, this one goes to its route as usual."""
+    now = perf_counter()
+    headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
+    if await lookup.serve(send, headers, None):
+        out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
+        return
+    await run_plan(state, plan, method, tail, query, forward, body, send, request_id, [*limits, lookup.header], out)
 
 
 def _used(out: Outcome) -> TokenUsage | None:

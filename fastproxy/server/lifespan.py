@@ -14,6 +14,9 @@ import redis.asyncio as aioredis
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.accounts.lastused import LastUsedWriter
+from fastproxy.cache.memory import MemoryStore
+from fastproxy.cache.redis_store import RedisStore
+from fastproxy.cache.service import CacheConfig, ResponseCache
 from fastproxy.core.records import ACCESS_LOGGER
 from fastproxy.core.settings import Settings
 from fastproxy.core.tasks import every, stop_task
@@ -68,6 +71,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                     subscriber.start()
                     stack.push_async_callback(subscriber.stop)
             usage = await open_usage(settings, stack, store, redis, metrics)
+            response_cache = _open_cache(settings, stack, redis, metrics)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             # Closed before the upstream: it sends the last pending token reconciliations.
@@ -118,6 +122,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 store=store,
                 catalog=catalog,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
+                cache=response_cache,
             )
     finally:
         listener.stop()
@@ -162,6 +167,57 @@ def _drain_records(
         steps.setdefault(settings.metrics_flush_interval, []).append(metrics.flush)
     for interval, calls in steps.items():
         _own_task(stack, every(interval, calls))
+
+
+def _open_cache(
+    settings: Settings, stack: contextlib.AsyncExitStack, redis: aioredis.Redis | None, metrics: Metrics | None
+) -> ResponseCache | None:
+    """The response cache: Redis (its own writer task) when configured, else the in-process LRU."""
+    if not settings.cache:
+        return None
+    config = CacheConfig(
+        ttl=settings.cache_ttl,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+        scope=settings.cache_scope,
+        generations=settings.cache_generations,
+        coalesce=settings.cache_coalesce,
+        local_ttl=settings.cache_local_ttl,
+    )
+    url = settings.cache_redis_url or settings.redis_url
+    if settings.cache_backend == "memory" or not url:
+        cache = ResponseCache(config, memory=MemoryStore(settings.cache_memory_bytes))
+    else:
+        client = redis
+        if settings.cache_redis_url or client is None:
+            client = aioredis.from_url(url)
+            stack.push_async_callback(client.aclose)
+        store = RedisStore(
+            client,
+            settings.redis_prefix,
+            timeout=settings.cache_redis_timeout,
+            retry_interval=settings.redis_retry_interval,
+        )
+        store.start()
+        stack.push_async_callback(store.stop)
+        near = MemoryStore(settings.cache_memory_bytes) if settings.cache_local_ttl > 0 else None
+        cache = ResponseCache(config, memory=near, redis=store)
+    if metrics is not None:
+        _own_task(stack, _cache_metrics(cache, metrics))
+    return cache
+
+
+async def _cache_metrics(cache: ResponseCache, metrics: Metrics, interval: float = 1.0) -> None:
+    """Hits, misses and bypasses are counted as plain ints on the request path; moved here once a second."""
+
+    def move() -> None:
+        metrics.cache_observe(cache.take_counts(), cache.held_bytes(), cache.take_written(), cache.take_evictions())
+
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            move()
+    finally:
+        move()
 
 
 async def _open_store(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fastproxy.accounts.auth import Authenticator
 from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.cache.service import ResponseCache
 from fastproxy.core.limits import Limiter
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.settings import Settings
@@ -47,3 +48,5 @@ class State:
     catalog: Catalog | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).
     invalidator: Invalidator | None = None
+    # The response cache (fastproxy/cache); None when it is off.
+    cache: ResponseCache | None = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from fastproxy.core.schemas import Limits
+from fastproxy.core.schemas import KeyCache, Limits
 
 if TYPE_CHECKING:
     from fastproxy.usage.query import UsageQuery, UsageRecord, UsageSummary
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 QueryHook = Callable[[str], None]
 
 USER_FIELDS = frozenset({"name", "email", "limits", "disabled"})
-KEY_FIELDS = frozenset({"name", "limits", "allowed_models", "expires_at"})
+KEY_FIELDS = frozenset({"name", "limits", "allowed_models", "expires_at", "cache"})
 
 
 class StoreError(Exception):
@@ -63,6 +63,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     revoked_at: int | None = None
     allowed_models: list[str] | None = None
     limits: Limits | None = None
+    # Response-cache settings of this key (migration 0005); None: the global ones.
+    cache: KeyCache | None = None
 
 
 class KeyGrant(msgspec.Struct, frozen=True):
@@ -162,6 +164,14 @@ def encode_limits(limits: Limits | None) -> str | None:
 
 def decode_limits(text: str | None) -> Limits | None:
     return None if text is None else msgspec.json.decode(text, type=Limits)
+
+
+def encode_cache(cache: KeyCache | None) -> str | None:
+    return None if cache is None else msgspec.json.encode(cache).decode()
+
+
+def decode_cache(text: str | None) -> KeyCache | None:
+    return None if text is None else msgspec.json.decode(text, type=KeyCache)
 
 
 def encode_models(models: list[str] | None) -> str | None:

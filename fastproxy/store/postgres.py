@@ -18,8 +18,10 @@ from fastproxy.store import (
     QueryHook,
     StoreError,
     User,
+    decode_cache,
     decode_limits,
     decode_models,
+    encode_cache,
     encode_limits,
     encode_models,
     migrations,
@@ -31,9 +33,9 @@ _MIGRATION_LOCK = zlib.crc32(b"fastproxy.schema_migrations")
 _USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
 _KEY_COLS = (
     "k.id, k.user_id, k.name, k.key_prefix, k.key_hint, k.created_at, k.last_used_at, k.expires_at,"
-    " k.revoked_at, k.allowed_models, k.limits"
+    " k.revoked_at, k.allowed_models, k.limits, k.cache"
 )
-_JSON = {"limits", "allowed_models"}
+_JSON = {"limits", "allowed_models", "cache"}
 _TIME = {"expires_at"}
 
 
@@ -69,12 +71,15 @@ def _key(row: Mapping[str, Any]) -> ApiKey:
         revoked_at=_ts(row["revoked_at"]),
         allowed_models=decode_models(row["allowed_models"]),
         limits=decode_limits(row["limits"]),
+        cache=decode_cache(row["cache"]),
     )
 
 
 def _column_value(name: str, value: Any) -> Any:
     if name == "limits":
         return encode_limits(value)
+    if name == "cache":
+        return encode_cache(value)
     if name == "allowed_models":
         return encode_models(value)
     if name in _TIME:
@@ -205,7 +210,8 @@ class PostgresStore(PostgresUsage):
         async with self._conn() as conn:
             await conn.execute(
                 "INSERT INTO api_keys (id, user_id, name, key_prefix, key_hint, key_hash, created_at, expires_at,"
-                " allowed_models, limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb)",
+                " allowed_models, limits, cache)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::jsonb)",
                 key.id,
                 key.user_id,
                 key.name,
@@ -216,6 +222,7 @@ class PostgresStore(PostgresUsage):
                 _dt(key.expires_at),
                 encode_models(key.allowed_models),
                 encode_limits(key.limits),
+                encode_cache(key.cache),
             )
 
     async def get_key(self, key_id: str) -> ApiKey | None:

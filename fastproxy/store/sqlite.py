@@ -23,8 +23,10 @@ from fastproxy.store import (
     QueryHook,
     StoreError,
     User,
+    decode_cache,
     decode_limits,
     decode_models,
+    encode_cache,
     encode_limits,
     encode_models,
     migrations,
@@ -35,7 +37,7 @@ _BUSY_TIMEOUT_S = 30.0
 _USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
 _KEY_COLS = (
     "k.id, k.user_id, k.name, k.key_prefix, k.key_hint, k.created_at, k.last_used_at, k.expires_at,"
-    " k.revoked_at, k.allowed_models, k.limits"
+    " k.revoked_at, k.allowed_models, k.limits, k.cache"
 )
 
 
@@ -67,12 +69,15 @@ def _key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
         revoked_at=_int(row[8]),
         allowed_models=decode_models(row[9]),
         limits=decode_limits(row[10]),
+        cache=decode_cache(row[11]),
     )
 
 
 def _column_value(name: str, value: Any) -> Any:
     if name == "limits":
         return encode_limits(value)
+    if name == "cache":
+        return encode_cache(value)
     if name == "allowed_models":
         return encode_models(value)
     if name == "disabled":
@@ -232,7 +237,7 @@ class SqliteStore(SqliteUsage):
         async with self._errors():
             await self._db.execute(
                 "INSERT INTO api_keys (id, user_id, name, key_prefix, key_hint, key_hash, created_at, expires_at,"
-                " allowed_models, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " allowed_models, limits, cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.user_id,
@@ -244,6 +249,7 @@ class SqliteStore(SqliteUsage):
                     key.expires_at,
                     encode_models(key.allowed_models),
                     encode_limits(key.limits),
+                    encode_cache(key.cache),
                 ),
             )
 
@@ -285,8 +291,8 @@ class SqliteStore(SqliteUsage):
         )
         if row is None:
             return None
-        user = _user(row, 12) if row[12] is not None else None
-        return KeyGrant(key=_key(row), key_hash=row[11], user=user)
+        user = _user(row, 13) if row[13] is not None else None
+        return KeyGrant(key=_key(row), key_hash=row[12], user=user)
 
     async def touch_keys(self, used: Mapping[str, int]) -> None:
         if not used:

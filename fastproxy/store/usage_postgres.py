@@ -33,7 +33,8 @@ _STAGING = """CREATE TEMP TABLE IF NOT EXISTS usage_staging (
     provider text, endpoint text, streamed boolean, status integer, prompt_tokens integer,
     completion_tokens integer, total_tokens integer, cached_tokens integer, reasoning_tokens integer,
     cost_usd double precision, latency_ms double precision, ttfb_ms double precision, client_ip text,
-    error text, estimated boolean, client_request_id text, attempts integer, partial boolean
+    error text, estimated boolean, client_request_id text, attempts integer, partial boolean, cache_hit boolean,
+    cost_saved_usd double precision
 ) ON COMMIT DELETE ROWS"""
 _SELECT = _COLS.replace("ts,", "to_timestamp(ts),", 1)
 # ORDER BY: two instances inserting overlapping ids (replays) take the row locks in one order, never deadlock.

@@ -46,6 +46,9 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     estimated: bool
     # The x-request-id the client sent, if any (request_id is then the proxy's own, unique one).
     client_request_id: str | None
+    # Answered by the response cache: cost_usd is 0, cost_saved_usd what it would have cost.
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -76,7 +79,7 @@ class UsageSummary(msgspec.Struct, kw_only=True):
 RECORD_COLS = (
     "id, request_id, {ts}, key_id, user_id, model, provider, endpoint, streamed, status, prompt_tokens,"
     " completion_tokens, total_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttfb_ms, error,"
-    " estimated, client_request_id"
+    " estimated, client_request_id, cache_hit, cost_saved_usd"
 )
 TOTAL_COLS = "count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), sum(cost_usd)"
 
@@ -104,6 +107,8 @@ def record_from_row(row: Sequence[Any]) -> UsageRecord:
         error=row[18],
         estimated=bool(row[19]),
         client_request_id=row[20],
+        cache_hit=bool(row[21]),
+        cost_saved_usd=float(row[22]),
     )
 
 

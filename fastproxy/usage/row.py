@@ -39,6 +39,8 @@ COLUMNS = (
     "client_request_id",
     "attempts",
     "partial",
+    "cache_hit",
+    "cost_saved_usd",
 )
 
 
@@ -76,6 +78,10 @@ class UsageRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     # Upstream attempts (fallbacks included); whether the stream broke off after it had started.
     attempts: int = 1
     partial: bool = False
+    # Answered by the response cache: the tokens are the original answer's, cost_usd is 0 and
+    # cost_saved_usd what the upstream would have charged. Defaulted, for older journal lines.
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
 
 RowMaker = Callable[[RequestRecord], UsageRow]
@@ -113,6 +119,7 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             estimated = usage is not None
         if usage is None:
             usage = _ZERO
+        cost = prices.cost(record.model, usage)
         return UsageRow(
             request_id=request_id,
             ts=clock() - record.latency_ms / 1000,
@@ -131,7 +138,7 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             total_tokens=usage.total,
             cached_tokens=usage.cached,
             reasoning_tokens=usage.reasoning,
-            cost_usd=prices.cost(record.model, usage),
+            cost_usd=0.0 if record.cache_hit else cost,
             latency_ms=record.latency_ms,
             ttfb_ms=record.ttfb_ms,
             client_ip=record.client_ip,
@@ -140,6 +147,8 @@ def row_maker(prices: PriceTable, provider: str, clock: Callable[[], float] = ti
             client_request_id=client_request_id,
             attempts=record.attempts,
             partial=record.partial,
+            cache_hit=record.cache_hit,
+            cost_saved_usd=cost if record.cache_hit else 0.0,
         )
 
     return make

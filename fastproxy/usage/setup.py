@@ -81,6 +81,8 @@ def _cost_to(metrics: Metrics) -> Callable[[UsageRow], None]:
     def record(row: UsageRow) -> None:
         if row.cost_usd > 0:
             metrics.record_cost(row.model, row.cost_usd)
+        if row.cost_saved_usd > 0:
+            metrics.cache_saved(row.cost_saved_usd)
 
     return record
 

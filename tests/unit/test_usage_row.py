@@ -76,13 +76,22 @@ def test_a_client_request_id_is_kept_beside_a_unique_one_of_the_proxy() -> None:
     assert (own.request_id, own.client_request_id) == ("abc123", None)
 
 
-def test_journal_lines_without_the_newest_column_still_decode() -> None:
+def test_journal_lines_without_the_newest_columns_still_decode() -> None:
     row = make(record(1))
     fields = msgspec.json.decode(msgspec.json.encode(row))
-    # Journaled before client_request_id (then attempts and partial) existed: those columns are missing.
-    for missing in (1, 2, 3):
+    # Journaled before client_request_id, then attempts and partial (0004), then cache_hit and
+    # cost_saved_usd (0005) existed: the newest columns are missing, and take their defaults.
+    defaults = {"client_request_id": None, "attempts": 1, "partial": False, "cache_hit": False, "cost_saved_usd": 0.0}
+    names = list(defaults)
+    for missing in range(1, len(names) + 1):
         older = msgspec.json.decode(msgspec.json.encode(fields[:-missing]), type=UsageRow)
-        defaults = {"client_request_id": None, "attempts": 1, "partial": False}
-        kept = dict(list(defaults.items())[: 3 - missing])
-        expected = msgspec.structs.replace(row, **{**defaults, **{k: getattr(row, k) for k in kept}})
-        assert older == expected
+        kept = {k: getattr(row, k) for k in names[: len(names) - missing]}
+        assert older == msgspec.structs.replace(row, **{**defaults, **kept})
+
+
+def test_a_cache_hit_costs_nothing_and_records_what_it_saved() -> None:
+    miss = make(record(1))
+    hit = make(record(2, cache_hit=True))
+    assert miss.cost_usd > 0 and (miss.cache_hit, miss.cost_saved_usd) == (False, 0.0)
+    assert (hit.cache_hit, hit.cost_usd, hit.cost_saved_usd) == (True, 0.0, miss.cost_usd)
+    assert (hit.prompt_tokens, hit.completion_tokens) == (miss.prompt_tokens, miss.completion_tokens)

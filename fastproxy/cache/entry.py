@@ -1,0 +1,84 @@
+"""A stored answer and the cache key, both pure.
+
+The key is SHA-256 over the scope, the endpoint, the resolved upstream (the route's name, and whether
+the stream's usage chunk is stripped for this client), the model and the request body bytes as sent
+upstream, each length-prefixed so no two different tuples hash alike. The scope comes from the
+authenticated principal, never from the client, so a client cannot name (or probe) another tenant's entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+# Bumped when the stored layout changes: an entry of another version decodes as a miss.
+FORMAT = 1
+_HEADER_OVERHEAD = 64
+
+
+class Entry(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """One cached 200 answer. `chunks` are the bytes the client was sent, as they were sent (one for a
+    plain body); stream shaping (the usage chunk stripped or not) is part of the key."""
+
+    version: int
+    created: float
+    status: int
+    stream: bool
+    headers: list[tuple[bytes, bytes]]
+    chunks: list[bytes]
+    # The original usage: prompt, completion, total, cached, reasoning tokens.
+    usage: tuple[int, int, int, int, int] | None = None
+
+    def size(self) -> int:
+        """Bytes this entry holds (payload plus a fixed overhead per chunk and header), for the LRU bound."""
+        return size_of(self.headers, self.chunks, sum(map(len, self.chunks)))
+
+
+def size_of(headers: list[tuple[bytes, bytes]], chunks: list[bytes], payload: int) -> int:
+    """Entry.size() from its parts, with the chunks' total length already known (the tee counts it)."""
+    n = _HEADER_OVERHEAD * (len(chunks) + len(headers) + 4) + payload
+    for name, value in headers:
+        n += len(name) + len(value)
+    return n
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def encode(entry: Entry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode(data: bytes) -> Entry | None:
+    """The entry, or None when the bytes are not one of this version (a corrupt entry is a miss)."""
+    try:
+        entry = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return entry if entry.version == FORMAT else None
+
+
+def tag(value: str) -> str:
+    """A short, stable, non-reversible label for a scope or a route inside Redis keys (purges match it)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+class CacheKey(msgspec.Struct, frozen=True, gc=False):
+    """Where an entry lives: `digest` (32 bytes) identifies it; scope and model let purges find it."""
+
+    digest: bytes
+    scope: str
+    model: str
+
+
+def derive(scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
+    """The key of a request. `upstream`: the resolved route (and stream shaping); `model`: as the client named it.
+
+    Each text part is length-prefixed, so no two different tuples give the same bytes to hash.
+    """
+    head = f"{len(scope)}:{scope}|{len(endpoint)}:{endpoint}|{len(upstream)}:{upstream}|{len(model)}:{model}|"
+    h = hashlib.sha256(head.encode())
+    h.update(body)  # the bytes as sent upstream, never decoded or copied; last, so needs no length
+    return CacheKey(h.digest(), scope, model)
