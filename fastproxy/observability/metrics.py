@@ -32,12 +32,10 @@ from __future__ import annotations
 import collections
 import glob
 import logging
-import math
 import os
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from itertools import groupby, repeat
-from operator import attrgetter, truediv
+from itertools import groupby
+from operator import attrgetter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
@@ -46,6 +44,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.schemas import TokenUsage
+from fastproxy.observability.aggregate import Batch, attempt_outcome
 
 # An LLM gateway's requests last from milliseconds (cached embeddings) to many minutes (reasoning streams).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -67,29 +66,6 @@ NO_MODEL = "none"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Error codes (fastproxy.core.errors) that mean the upstream failed, and the kind they are counted as.
 _UPSTREAM_ERROR_KIND = {"upstream_unreachable": "connect", "upstream_timeout": "timeout", "upstream_error": "protocol"}
-
-
-def _outcome(error: str) -> str:
-    """A failed attempt's error as one of a few label values."""
-    if error.startswith("status_"):
-        code = error[7:]
-        if code in ("429", "401", "403"):
-            return "status_401" if code == "403" else "status_" + code
-        return "status_5xx" if code.startswith("5") else "other"
-    if error in _ATTEMPT_OUTCOMES:
-        return _ATTEMPT_OUTCOMES[error]
-    return "other"
-
-
-_ATTEMPT_OUTCOMES = {
-    "upstream_timeout": "timeout",
-    "first_token_timeout": "first_token_timeout",
-    "upstream_unreachable": "unreachable",
-    "stream_cut": "stream_cut",
-    "upstream_stream_cut": "stream_cut",
-    "upstream_stream_idle": "timeout",
-    "stream_error": "stream_error",
-}
 
 
 class Metrics:
@@ -230,8 +206,8 @@ class Metrics:
         self.observe: Callable[[RequestRecord], None] = self._records.append
         self._costs: list[tuple[str | None, float]] = []
         self._models: set[str] = set()
-        self._timings: dict[str, tuple[_Batch, _Batch, _Batch]] = {}
-        self._overhead = _Batch(self.proxy_overhead)
+        self._timings: dict[str, tuple[Batch, Batch, Batch]] = {}
+        self._overhead = Batch(self.proxy_overhead)
         # Proxied requests being served now: the handler adds 1 when one starts and takes 1 when it
         # ends, however it ends. A plain attribute rather than two methods: it runs twice per request.
         self.serving = 0
@@ -264,14 +240,14 @@ class Metrics:
                 continue
             if r.failures:
                 for failed in r.failures:
-                    attempts[failed.provider, _outcome(failed.error)] += 1
+                    attempts[failed.provider, attempt_outcome(failed.error)] += 1
                 if r.status < 400:
                     fallbacks[r.provider] += 1
             if r.attempts:
                 retries += r.attempts - 1
             if r.attempts > len(r.failures or ()):
                 # The last attempt answered (its failures, if any, are counted above).
-                attempts[r.provider, "ok" if not r.partial else _outcome(r.error or "other")] += 1
+                attempts[r.provider, "ok" if not r.partial else attempt_outcome(r.error or "other")] += 1
             if r.ttfb_ms is not None and r.proxy_ms is not None:
                 self.provider_ttft.labels(r.provider).observe(max(0.0, r.ttfb_ms - r.proxy_ms) / 1000)
         for labels, n in attempts.items():
@@ -306,7 +282,7 @@ class Metrics:
             groups = groupby(records, _ENDPOINT)
         overheads: list[float] = []
         for endpoint, batch in groups:
-            # Milliseconds, as the records hold them: _Batch buckets them against bounds in milliseconds.
+            # Milliseconds, as the records hold them: Batch buckets them against bounds in milliseconds.
             latencies: list[float] = []
             upstreams: list[float] = []
             ttfbs: list[float] = []
@@ -342,13 +318,13 @@ class Metrics:
             if completion:
                 self.tokens.labels(label, "completion").inc(completion)
 
-    def _timings_of(self, endpoint: str) -> tuple[_Batch, _Batch, _Batch]:
+    def _timings_of(self, endpoint: str) -> tuple[Batch, Batch, Batch]:
         timings = self._timings.get(endpoint)
         if timings is None:
             timings = self._timings[endpoint] = (
-                _Batch(self.request_duration.labels(endpoint)),
-                _Batch(self.upstream_duration.labels(endpoint)),
-                _Batch(self.upstream_ttfb.labels(endpoint)),
+                Batch(self.request_duration.labels(endpoint)),
+                Batch(self.upstream_duration.labels(endpoint)),
+                Batch(self.upstream_ttfb.labels(endpoint)),
             )
         return timings
 
@@ -469,49 +445,6 @@ class Metrics:
                 else:
                     names.add(family.name)
         return frozenset(names)
-
-
-class _Batch:
-    """Adds a batch of observations, in milliseconds, to one histogram child (in seconds) at once."""
-
-    __slots__ = ("bounds", "child")
-
-    def __init__(self, child: Histogram) -> None:
-        self.child = child
-        # prometheus-client's own bounds (ending in +Inf); a value v belongs to the first bound >= v.
-        # Its private per-bucket values are touched here, not first at flush, so that a client version
-        # without them fails at startup (Metrics() builds one batch) instead of in the flush task.
-        self.bounds: list[float] = [_in_ms(bound) for bound in child._upper_bounds]
-        if len(child._buckets) != len(self.bounds) or not hasattr(child._sum, "inc"):
-            raise RuntimeError("unsupported prometheus-client: Histogram internals changed")
-
-    def add_all(self, ms: list[float]) -> None:
-        if not ms:
-            return
-        ms.sort()
-        # Histogram has no public bulk observe: add to the per-bucket values `observe` would add to.
-        buckets = self.child._buckets
-        below = 0
-        for i, bound in enumerate(self.bounds):
-            upto = bisect_right(ms, bound, below)  # values <= bound
-            if upto > below:
-                buckets[i].inc(upto - below)
-                below = upto
-            if below == len(ms):
-                break
-        self.child._sum.inc(sum(map(truediv, ms, repeat(1000.0))))
-
-
-def _in_ms(seconds: float) -> float:
-    """The largest x such that x / 1000 <= seconds: x <= it exactly when observe(x / 1000) falls in the bucket."""
-    if math.isinf(seconds):
-        return seconds
-    x = seconds * 1000
-    while x / 1000 > seconds:
-        x = math.nextafter(x, -math.inf)
-    while math.nextafter(x, math.inf) / 1000 <= seconds:
-        x = math.nextafter(x, math.inf)
-    return x
 
 
 def prune_dead_workers(path: str) -> None:
