@@ -157,7 +157,7 @@ async def test_migrate_from_two_processes_at_once(database_url: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], outputs
     # Each migration is applied exactly once, by whichever process got its lock first.
     applied = [v for o in outputs if o.startswith("applied: ") for v in o.strip().removeprefix("applied: ").split(", ")]
-    assert sorted(applied) == ["0001_init", "0002_usage"], outputs
+    assert sorted(applied) == ["0001_init", "0002_usage", "0003_accounts"], outputs
     again = _migrate(database_url).communicate(timeout=60)[0]
     assert again.strip() == "database is up to date"
     if database_url.startswith("postgresql"):
@@ -169,7 +169,7 @@ async def test_migrate_from_two_processes_at_once(database_url: str) -> None:
 
         with sqlite3.connect(database_url.removeprefix("sqlite:///")) as db:
             rows = db.execute("SELECT version FROM schema_migrations").fetchall()
-    assert sorted(tuple(r) for r in rows) == [("0001_init",), ("0002_usage",)]
+    assert sorted(tuple(r) for r in rows) == [("0001_init",), ("0002_usage",), ("0003_accounts",)]
 
 
 def test_cli_keys_against_the_same_database(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 async def test_migrations_apply_once(database_url: str) -> None:
     s = await open_store(database_url)
     try:
-        assert await s.migrate() == ["0001_init", "0002_usage"]
+        assert await s.migrate() == ["0001_init", "0002_usage", "0003_accounts"]
         assert await s.migrate() == []
         await s.ping()
     finally:
