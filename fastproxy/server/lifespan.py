@@ -21,6 +21,8 @@ from fastproxy.observability.logs import AccessLog, configure_logging
 from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck, upstream_check
 from fastproxy.ratelimit import build_limiter
+from fastproxy.selfservice.service import open_selfservice
+from fastproxy.selfservice.web import Web
 from fastproxy.server.heap import settled_heap
 from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
@@ -65,6 +67,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                     subscriber.start()
                     stack.push_async_callback(subscriber.stop)
             usage = await open_usage(settings, stack, store, redis, metrics)
+            selfservice = await open_selfservice(settings, stack, store, redis)
+            web = Web(settings.cors_origins.split(","), settings.hsts)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             # Closed before the upstream: it sends the last pending token reconciliations.
@@ -100,6 +104,9 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 pid=os.getpid(),
                 store=store,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
+                selfservice=selfservice,
+                web=web,
+                cors=web if web.origins else None,
             )
     finally:
         listener.stop()

@@ -12,6 +12,8 @@ from fastproxy.core.records import RequestRecord
 from fastproxy.core.settings import Settings
 from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck
+from fastproxy.selfservice.service import SelfService
+from fastproxy.selfservice.web import Web
 from fastproxy.store import Store
 from fastproxy.upstream import Upstream
 
@@ -40,3 +42,9 @@ class State:
     store: Store | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).
     invalidator: Invalidator | None = None
+    # The self-service API (/api); None without JWT secrets or a database (then /api is 404).
+    selfservice: SelfService | None = None
+    # Security headers of /api and /admin, and CORS for the configured origins.
+    web: Web | None = None
+    # The same Web when CORS origins are configured, else None: the proxied path checks only this.
+    cors: Web | None = None
