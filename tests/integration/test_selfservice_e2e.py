@@ -251,6 +251,11 @@ async def test_users_see_only_their_own_keys_and_keys_stay_within_the_user(
     revoked = await http.delete(url + f"/api/api-keys/{a_key['id']}", headers=bearer(a))
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
 
+    # An operator disabling the user ends its sessions at once, access tokens included.
+    assert (await http.delete(url + f"/admin/users/{user_a}", headers=ADMIN)).status_code == 200
+    gone = await http.get(url + "/api/auth/me", headers=bearer(a))
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "account_disabled"
+
 
 async def test_cors_security_headers_and_sign_in_rate_limit(server: Server, http: httpx.AsyncClient) -> None:
     url = server.url

@@ -127,9 +127,11 @@ async def test_without_configuration_api_is_404_and_v1_preflight_has_no_cors(tmp
 
 
 async def test_api_errors_are_openai_shaped(tmp_path: Path) -> None:
-    async with app_client(database_url=f"sqlite:///{tmp_path / 'db'}", jwt_secrets=A) as (client, _):
+    async with app_client(database_url=f"sqlite:///{tmp_path / 'db'}", jwt_secrets=A, hsts=True) as (client, _):
         closed = await client.post("/api/auth/register", json={"email": "a@b.c", "password": "x" * 20})
         assert closed.status_code == 403 and closed.json()["error"]["code"] == "signup_disabled"
+        assert closed.headers["strict-transport-security"].startswith("max-age=")
+        assert "strict-transport-security" not in (await client.get("/health")).headers
         for body in (b"", b"{", b'{"email": 1}', b'{"email": "a@b.c", "password": "x", "extra": 1}'):
             answer = await client.post("/api/auth/login", content=body)
             assert answer.status_code == 400 and set(answer.json()["error"]) == {"message", "type", "param", "code"}
