@@ -50,6 +50,9 @@ class FastProxy:
                 return
         else:
             handler = target
+        if state.cors is not None:
+            # Only with CORS origins configured; adds headers when this request's Origin is one of them.
+            send = state.cors.cors_send(scope, send)
         try:
             await handler(state, scope, receive, send)
         except Exception:

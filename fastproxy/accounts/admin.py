@@ -45,7 +45,7 @@ from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import Limits, json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
-from fastproxy.store import Store, StoreError
+from fastproxy.store import Store, StoreConflict, StoreError
 from fastproxy.usage import api as usage_api
 
 log = logging.getLogger("fastproxy.admin")
@@ -59,6 +59,12 @@ class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class Conflict(ProxyError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class _Call:
@@ -105,6 +111,9 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         query = parse_qs(scope["query_string"].decode("latin-1"))
         call = _Call(state.store, state.invalidator, state.limiter, ident, query, body)
         status, result = await operation(call)
+    except StoreConflict:
+        await send_error(send, Conflict("Another user already has this email (compared ignoring case).", param="email"))
+        return
     except StoreError as exc:
         log.error("admin %s %s: %s", scope["method"], path, exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from fastproxy.accounts import provisioning
 from fastproxy.accounts.invalidation import Invalidator, channel_name
 from fastproxy.core.schemas import Limits
 from fastproxy.core.settings import Settings, load_settings
+from fastproxy.selfservice.passwords import Passwords
 from fastproxy.store import ApiKey, Store, StoreError, open_store
 
 
@@ -86,6 +89,45 @@ def cmd_users_list(args: argparse.Namespace) -> None:
     _run(job)
 
 
+def _read_password() -> str:
+    """From the terminal (asked twice, not echoed) or one line of standard input; never from argv,
+    where any user of the machine could read it in the process list."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != first:
+            raise CommandError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> None:
+    password = _read_password()
+    passwords = Passwords()
+    problem = passwords.problem(password)
+    if problem is not None:
+        raise CommandError(problem)
+
+    async def job(store: Store, settings: Settings) -> None:
+        await store.migrate()
+        if not await store.set_password(args.id, passwords.hash(password)):
+            raise CommandError(f"no user with id {args.id}")
+        print(f"password set for {args.id}")
+
+    _run(job)
+
+
+def cmd_users_set_models(args: argparse.Namespace) -> None:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+
+    async def job(store: Store, settings: Settings) -> None:
+        await store.migrate()
+        if not await store.set_user_models(args.id, models):
+            raise CommandError(f"no user with id {args.id}")
+        print(f"{args.id}: self-service keys limited to {', '.join(models) if models else 'every model'}")
+
+    _run(job)
+
+
 def cmd_keys_create(args: argparse.Namespace) -> None:
     async def job(store: Store, settings: Settings) -> None:
         await store.migrate()
@@ -149,6 +191,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _limit_flags(create)
     create.set_defaults(func=cmd_users_create)
     users.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
+    setpw = users.add_parser(
+        "set-password", help="set a user's password for /api/auth/login (read from the terminal or stdin)"
+    )
+    setpw.add_argument("id", help="user id")
+    setpw.set_defaults(func=cmd_users_set_password)
+    setmodels = users.add_parser("set-models", help="the models a user's self-service keys may be limited to")
+    setmodels.add_argument("id", help="user id")
+    setmodels.add_argument("--models", help="comma-separated model names (omit: every model)")
+    setmodels.set_defaults(func=cmd_users_set_models)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     kcreate = keys.add_parser("create", help="create an API key and print it (once)")

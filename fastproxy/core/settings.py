@@ -20,7 +20,9 @@ from fastproxy.core.schemas import Limits
 ENV_PREFIX = "FASTPROXY_"
 # Structured settings: a TOML table in the file, a JSON object in the environment.
 JSON_FIELDS = frozenset({"global_limits", "ip_limits", "providers", "routes"})
-SECRET_FIELDS = frozenset({"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url"})
+SECRET_FIELDS = frozenset(
+    {"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url", "jwt_secrets"}
+)
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -180,6 +182,27 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     breaker_max_cooldown: Seconds = 120.0
     # How long a key that upstream refused with 401/403 rests before it is tried again.
     bad_key_cooldown: Seconds = 300.0
+    # -- End-user accounts under /api (fastproxy/selfservice/) --
+    # HS256 secrets for the access tokens, comma-separated, each at least 32 characters: the first signs,
+    # all verify (rotation: put the new one first, drop the old one after jwt_access_ttl). Empty: /api is 404.
+    jwt_secrets: str = ""
+    jwt_access_ttl: Annotated[int, msgspec.Meta(ge=30, le=86_400)] = 900
+    refresh_ttl: Annotated[int, msgspec.Meta(ge=300)] = 30 * 86_400
+    # Anyone may create an account with POST /api/auth/register; false: operators create users (invitations).
+    signup: bool = False
+    # Origins a browser console may call /api and /v1 from, comma-separated (e.g. https://console.example.com).
+    cors_origins: str = ""
+    # Strict-Transport-Security on /api and /admin responses (only behind HTTPS).
+    hsts: bool = False
+    # Sign-In with Ethereum: the console's origin; a message's domain and URI must match it. Empty: no wallet sign-in.
+    siwe_origin: str = ""
+    # Chain ids a SIWE message may name, comma-separated.
+    siwe_chain_ids: str = "1"
+    # How long a sign-in nonce from GET /api/auth/nonce stays valid (it is single-use either way).
+    siwe_nonce_ttl: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
+    # Sign-in and sign-up attempts per minute, per client IP and per account (email or wallet).
+    auth_attempts_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 30
+    auth_attempts_per_account: Annotated[int, msgspec.Meta(ge=1)] = 10
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -206,6 +229,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise SettingsError(
                 f"invalid setting cache_backend ({ENV_PREFIX}CACHE_BACKEND): 'redis' needs "
                 f"{ENV_PREFIX}CACHE_REDIS_URL or {ENV_PREFIX}REDIS_URL"
+            )
+        if any(len(secret.strip()) < 32 for secret in self.jwt_secrets.split(",") if self.jwt_secrets):
+            raise SettingsError(
+                f"invalid setting jwt_secrets ({ENV_PREFIX}JWT_SECRETS): each comma-separated secret needs"
+                " at least 32 characters"
+            )
+        if self.siwe_origin and not re.match(r"^https?://[^/\s]+$", self.siwe_origin):
+            raise SettingsError(
+                f"invalid setting siwe_origin ({ENV_PREFIX}SIWE_ORIGIN): expected scheme://host[:port], no path"
+            )
+        if not re.match(r"^\s*\d+\s*(,\s*\d+\s*)*$", self.siwe_chain_ids):
+            raise SettingsError(
+                f"invalid setting siwe_chain_ids ({ENV_PREFIX}SIWE_CHAIN_IDS): expected comma-separated integers"
             )
 
     def masked(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from fastproxy.accounts import admin
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.observability import probes
 from fastproxy.proxy.handler import Endpoint, proxy
+from fastproxy.selfservice import api as selfservice_api
 from fastproxy.server.state import State
 from fastproxy.usage import api as usage_api
 
@@ -30,25 +31,37 @@ def _to(endpoint: Endpoint) -> Handler:
     return partial(proxy, endpoint=endpoint)
 
 
+async def _passthrough(state: State, scope: Scope, receive: Receive, send: Send) -> None:
+    # A browser's CORS preflight is answered here, never sent upstream.
+    if scope["method"] == "OPTIONS":
+        await selfservice_api.preflight(state, scope, receive, send)
+        return
+    await proxy(state, scope, receive, send, endpoint=PASSTHROUGH)
+
+
+# OPTIONS on every /v1 route: CORS preflights, answered without authentication (fastproxy.selfservice.web).
+PREFLIGHT: Handler = selfservice_api.preflight
 ROUTES: dict[str, dict[str, Handler]] = {
-    "/v1/chat/completions": {"POST": _to(CHAT), "GET": _to(PASSTHROUGH)},
-    "/v1/completions": {"POST": _to(COMPLETIONS)},
-    "/v1/embeddings": {"POST": _to(EMBEDDINGS)},
-    "/v1/responses": {"POST": _to(RESPONSES)},
-    "/v1/models": {"GET": _to(MODELS)},
+    "/v1/chat/completions": {"POST": _to(CHAT), "GET": _to(PASSTHROUGH), "OPTIONS": PREFLIGHT},
+    "/v1/completions": {"POST": _to(COMPLETIONS), "OPTIONS": PREFLIGHT},
+    "/v1/embeddings": {"POST": _to(EMBEDDINGS), "OPTIONS": PREFLIGHT},
+    "/v1/responses": {"POST": _to(RESPONSES), "OPTIONS": PREFLIGHT},
+    "/v1/models": {"GET": _to(MODELS), "OPTIONS": PREFLIGHT},
     # Exact routes, so the passthrough below never sends them upstream.
-    "/v1/usage": {"GET": usage_api.own_usage},
-    "/v1/usage/summary": {"GET": usage_api.own_summary},
+    "/v1/usage": {"GET": usage_api.own_usage, "OPTIONS": PREFLIGHT},
+    "/v1/usage/summary": {"GET": usage_api.own_summary, "OPTIONS": PREFLIGHT},
     "/health": {"GET": probes.health, "HEAD": probes.health},
     "/readyz": {"GET": probes.readyz},
     "/metrics": {"GET": probes.metrics},
     "/": {"GET": probes.root},
 }
 MODEL_ITEM_PREFIX = "/v1/models/"
-MODEL_ITEM: dict[str, Handler] = {"GET": _to(MODELS), "DELETE": _to(MODELS)}
+MODEL_ITEM: dict[str, Handler] = {"GET": _to(MODELS), "DELETE": _to(MODELS), "OPTIONS": PREFLIGHT}
 PASSTHROUGH_PREFIX = "/v1/"
-PASSTHROUGH_HANDLER = _to(PASSTHROUGH)
+PASSTHROUGH_HANDLER: Handler = _passthrough
 ADMIN_PREFIX = "/admin/"
+ADMIN_HANDLER: Handler = partial(selfservice_api.secured_admin, admin.dispatch)
+SELFSERVICE_PREFIX = "/api/"
 
 
 def resolve(path: str) -> dict[str, Handler] | Handler | None:
@@ -62,5 +75,7 @@ def resolve(path: str) -> dict[str, Handler] | Handler | None:
         return PASSTHROUGH_HANDLER
     # After every /v1 lookup, so the admin API costs the hot path nothing.
     if path.startswith(ADMIN_PREFIX) or path == "/admin":
-        return admin.dispatch
+        return ADMIN_HANDLER
+    if path.startswith(SELFSERVICE_PREFIX):
+        return selfservice_api.dispatch
     return None

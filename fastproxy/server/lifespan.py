@@ -24,6 +24,8 @@ from fastproxy.observability.logs import AccessLog, configure_logging
 from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck, upstream_check
 from fastproxy.ratelimit import build_limiter
+from fastproxy.selfservice.service import open_selfservice
+from fastproxy.selfservice.web import Web
 from fastproxy.server.heap import settled_heap
 from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
@@ -72,6 +74,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                     stack.push_async_callback(subscriber.stop)
             usage = await open_usage(settings, stack, store, redis, metrics)
             response_cache = _open_cache(settings, stack, redis, metrics)
+            selfservice = await open_selfservice(settings, stack, store, redis)
+            web = Web(settings.cors_origins.split(","), settings.hsts)
             upstream = upstream_factory(settings)
             stack.push_async_callback(upstream.close)
             # Closed before the upstream: it sends the last pending token reconciliations.
@@ -123,6 +127,9 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 catalog=catalog,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
                 cache=response_cache,
+                selfservice=selfservice,
+                web=web,
+                cors=web if web.origins else None,
             )
     finally:
         listener.stop()

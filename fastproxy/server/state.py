@@ -13,6 +13,8 @@ from fastproxy.core.records import RequestRecord
 from fastproxy.core.settings import Settings
 from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck
+from fastproxy.selfservice.service import SelfService
+from fastproxy.selfservice.web import Web
 from fastproxy.store import Store
 from fastproxy.upstream import Upstream
 from fastproxy.upstream.catalog import Catalog
@@ -50,3 +52,9 @@ class State:
     invalidator: Invalidator | None = None
     # The response cache (fastproxy/cache); None when it is off.
     cache: ResponseCache | None = None
+    # The self-service API (/api); None without JWT secrets or a database (then /api is 404).
+    selfservice: SelfService | None = None
+    # Security headers of /api and /admin, and CORS for the configured origins.
+    web: Web | None = None
+    # The same Web when CORS origins are configured, else None: the proxied path checks only this.
+    cors: Web | None = None

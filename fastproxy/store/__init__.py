@@ -37,6 +37,10 @@ class StoreError(Exception):
     """The database failed or is unreachable; the message never holds a secret."""
 
 
+class StoreConflict(StoreError):
+    """A value that must be unique is taken (a user's email, ignoring case, or wallet address)."""
+
+
 class User(msgspec.Struct, kw_only=True):
     id: str
     object: str = "user"
@@ -73,6 +77,34 @@ class KeyGrant(msgspec.Struct, frozen=True):
     key: ApiKey
     key_hash: str
     user: User | None
+
+
+class Account(msgspec.Struct, kw_only=True):
+    """A user as the self-service API sees it (fastproxy.selfservice); never the password hash."""
+
+    user: User
+    wallet_address: str | None = None
+    # Models the user's self-service keys may be limited to; None: every model.
+    allowed_models: list[str] | None = None
+
+
+class Login(msgspec.Struct, frozen=True):
+    """What a password sign-in needs: the user and its argon2 hash (None: no password set)."""
+
+    user: User
+    password_hash: str | None
+
+
+class RefreshUse(msgspec.Struct, frozen=True):
+    """The outcome of presenting a refresh token.
+
+    `fresh`: it was live and is now used (rotate it). Not fresh, with a family: it had been used or
+    revoked before, so it was presented twice (stolen-token detection) and its whole family is now revoked.
+    """
+
+    fresh: bool
+    user_id: str
+    family_id: str
 
 
 class Store(Protocol):
@@ -124,6 +156,48 @@ class Store(Protocol):
 
     async def touch_keys(self, used: Mapping[str, int]) -> None:
         """Set last_used_at for many keys in one round trip (key id -> Unix seconds)."""
+        ...
+
+    # -- self-service accounts (fastproxy.selfservice) -----------------------------------------------
+    async def create_account(self, user: User, password_hash: str | None, wallet_address: str | None) -> bool:
+        """Insert a user with its credentials; False (nothing written) when the email or wallet is taken."""
+        ...
+
+    async def find_login(self, email: str) -> Login | None:
+        """The user whose email matches case-insensitively."""
+        ...
+
+    async def find_wallet_user(self, wallet_address: str) -> User | None: ...
+
+    async def get_account(self, user_id: str) -> Account | None: ...
+
+    async def set_password(self, user_id: str, password_hash: str) -> bool:
+        """False when there is no such user."""
+        ...
+
+    async def set_user_models(self, user_id: str, models: list[str] | None) -> bool:
+        """Limit the user's self-service keys to `models` (None: every model); False when there is no such user."""
+        ...
+
+    async def add_refresh_token(
+        self, token_hash: str, family_id: str, user_id: str, now: int, expires_at: int
+    ) -> None: ...
+
+    async def use_refresh_token(self, token_hash: str, now: int) -> RefreshUse | None:
+        """Mark a live token used, atomically (of two concurrent uses one wins). A token used or revoked
+        before revokes its family. None: unknown or expired."""
+        ...
+
+    async def revoke_refresh_family(self, token_hash: str, now: int) -> bool:
+        """Revoke the family of this token (logout); False when the token is unknown."""
+        ...
+
+    async def put_nonce(self, nonce: str, now: int, expires_at: int) -> None:
+        """Store a sign-in nonce (and drop expired ones)."""
+        ...
+
+    async def take_nonce(self, nonce: str, now: int) -> bool:
+        """Delete the nonce; True only if it existed and had not expired (single use)."""
         ...
 
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:

@@ -16,6 +16,7 @@ from fastproxy.store import (
     ApiKey,
     KeyGrant,
     QueryHook,
+    StoreConflict,
     StoreError,
     User,
     decode_cache,
@@ -26,6 +27,7 @@ from fastproxy.store import (
     encode_models,
     migrations,
 )
+from fastproxy.store.accounts_postgres import PostgresAccounts
 from fastproxy.store.usage_postgres import PostgresUsage
 
 # One lock id for every fastproxy instance migrating the same database.
@@ -98,7 +100,7 @@ def _set_clause(changes: Mapping[str, Any], allowed: frozenset[str]) -> tuple[st
     return ", ".join(parts), args
 
 
-class PostgresStore(PostgresUsage):
+class PostgresStore(PostgresUsage, PostgresAccounts):
     dialect = "postgres"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -126,6 +128,8 @@ class PostgresStore(PostgresUsage):
         try:
             async with self._pool.acquire() as conn:
                 yield conn
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreConflict(f"PostgreSQL: a unique value is taken ({exc.constraint_name})") from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"PostgreSQL error: {type(exc).__name__}") from exc
 

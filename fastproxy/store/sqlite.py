@@ -21,6 +21,7 @@ from fastproxy.store import (
     ApiKey,
     KeyGrant,
     QueryHook,
+    StoreConflict,
     StoreError,
     User,
     decode_cache,
@@ -31,6 +32,7 @@ from fastproxy.store import (
     encode_models,
     migrations,
 )
+from fastproxy.store.accounts_sqlite import SqliteAccounts
 from fastproxy.store.usage_sqlite import SqliteUsage
 
 _BUSY_TIMEOUT_S = 30.0
@@ -108,7 +110,7 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-class SqliteStore(SqliteUsage):
+class SqliteStore(SqliteUsage, SqliteAccounts):
     dialect = "sqlite"
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -140,6 +142,10 @@ class SqliteStore(SqliteUsage):
         try:
             async with self._lock:
                 yield
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise StoreError(f"SQLite error: {exc}") from exc
+            raise StoreConflict(f"SQLite: a unique value is taken ({exc})") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
         except ValueError as exc:  # aiosqlite: the connection is closed

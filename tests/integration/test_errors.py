@@ -70,7 +70,7 @@ async def test_unknown_route(http: httpx.AsyncClient, proxy: Server) -> None:
 async def test_wrong_method(http: httpx.AsyncClient, proxy: Server) -> None:
     resp = await http.get(proxy.url + "/v1/embeddings")
     _assert_error(resp, 405)
-    assert resp.headers["allow"] == "POST"
+    assert resp.headers["allow"] == "OPTIONS, POST"  # OPTIONS: CORS preflights (fastproxy.selfservice.web)
 
 
 async def test_upstream_error_passes_through_unchanged(
