@@ -41,7 +41,9 @@ def channel_name(prefix: str) -> str:
 class Invalidator:
     """Announces changes; publishing failures are logged, not raised (the TTL still bounds staleness)."""
 
-    def __init__(self, cache: Evictable | None, redis: aioredis.Redis | None, channel: str) -> None:
+    def __init__(
+        self, cache: Evictable | None, redis: aioredis.Redis | aioredis.RedisCluster | None, channel: str
+    ) -> None:
         self._cache = cache
         self._redis = redis
         self._channel = channel
@@ -78,7 +80,7 @@ def apply(cache: Evictable, message: bytes) -> None:
 class Subscriber:
     """Listens on the channel until `stop()`; reconnects with backoff, clearing the cache on each (re)join."""
 
-    def __init__(self, cache: Evictable, redis: aioredis.Redis, channel: str) -> None:
+    def __init__(self, cache: Evictable, redis: aioredis.Redis | aioredis.RedisCluster, channel: str) -> None:
         self._cache = cache
         self._redis = redis
         self._channel = channel

@@ -9,8 +9,6 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.accounts.lastused import LastUsedWriter
@@ -22,6 +20,7 @@ from fastproxy.observability.metrics import Metrics
 from fastproxy.observability.readiness import ReadinessCheck, upstream_check
 from fastproxy.ratelimit import build_limiter
 from fastproxy.server.heap import settled_heap
+from fastproxy.server.redis import AnyRedis, open_client
 from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
@@ -163,10 +162,10 @@ async def _open_store(
 
 async def _open_redis(
     settings: Settings, stack: contextlib.AsyncExitStack, readiness: dict[str, ReadinessCheck]
-) -> aioredis.Redis | None:
+) -> AnyRedis | None:
     if not settings.redis_url:
         return None
-    client = aioredis.from_url(settings.redis_url)
+    client = open_client(settings.redis_url, cluster=settings.redis_cluster)
     stack.push_async_callback(client.aclose)
 
     async def ping() -> None:
