@@ -50,6 +50,8 @@ class FastProxy:
                 return
         else:
             handler = target
+        drain = state.drain
+        drain.inflight += 1
         try:
             await handler(state, scope, receive, send)
         except Exception:
@@ -57,6 +59,8 @@ class FastProxy:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
                 await send_json(send, 500, INTERNAL_ERROR_BODY)
+        finally:
+            drain.inflight -= 1
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -71,6 +75,10 @@ class FastProxy:
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         try:
+            # Granian has stopped accepting: let what is in flight finish (core/drain.py), then close.
+            cut = await self.state.drain.settle()
+            if cut:
+                log.warning("shutdown deadline reached: %d open streams ended with an error event", cut)
             await stack.aclose()
         finally:
             self.state = None

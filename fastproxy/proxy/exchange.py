@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
 
+from fastproxy.core.drain import STREAM_CUT, Drain
 from fastproxy.core.errors import UpstreamError
 from fastproxy.core.schemas import TokenUsage, usage_from_json
 from fastproxy.core.types import Message, RawHeaders, Receive, Send
@@ -112,7 +113,7 @@ async def exchange(
     if content_type.startswith(b"text/event-stream"):
         response_headers.extend(STREAM_HEADERS)
         watcher = SSEWatcher(strip=out.injected) if out.model is not None else None
-        await _stream(resp, send, response_headers, watcher, out)
+        await _stream(resp, send, response_headers, watcher, out, state.drain)
     elif out.model is not None:
         try:
             data = await resp.read()
@@ -127,13 +128,16 @@ async def exchange(
         await send({"type": "http.response.start", "status": resp.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
     else:
-        await _stream(resp, send, response_headers, None, out)
+        await _stream(resp, send, response_headers, None, out, state.drain)
 
 
 async def _stream(
-    resp: UpstreamResponse, send: Send, headers: RawHeaders, watcher: SSEWatcher | None, out: Outcome
+    resp: UpstreamResponse, send: Send, headers: RawHeaders, watcher: SSEWatcher | None, out: Outcome, drain: Drain
 ) -> None:
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    task = asyncio.current_task()
+    assert task is not None
+    drain.streams.add(task)
     try:
         async for chunk in resp.chunks():
             if out.ttfb is None:
@@ -150,12 +154,21 @@ async def _stream(
         await resp.abort()
         out.error = err.code
         log.warning("upstream stream failed: %s", err.message)
+    except asyncio.CancelledError:
+        await resp.abort()
+        if not drain.cutting:
+            raise
+        # The shutdown deadline (core/drain.py): say so in the stream rather than cut it silently.
+        task.uncancel()
+        out.error = "server_shutting_down"
+        await send({"type": "http.response.body", "body": STREAM_CUT, "more_body": True})
     except BaseException:
         await resp.abort()
         raise
     else:
         await resp.release()
     finally:
+        drain.streams.discard(task)
         if watcher is not None:
             out.usage, out.events = watcher.usage, watcher.events
     await send({"type": "http.response.body", "body": b""})

@@ -12,6 +12,7 @@ from typing import Any
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.accounts.lastused import LastUsedWriter
+from fastproxy.core.drain import Drain
 from fastproxy.core.records import ACCESS_LOGGER
 from fastproxy.core.settings import Settings
 from fastproxy.core.tasks import every, stop_task
@@ -85,6 +86,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 threads = RuntimeThreads()
                 stack.callback(threads.restore)
                 _own_task(stack, threads.watch())
+            drain = Drain(settings.shutdown_grace)
+            _own_task(stack, drain.watch())
             yield State(
                 settings=settings,
                 upstream=upstream,
@@ -99,6 +102,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 pid=os.getpid(),
                 store=store,
                 invalidator=Invalidator(cache, redis, channel_name(settings.redis_prefix)),
+                drain=drain,
             )
     finally:
         listener.stop()

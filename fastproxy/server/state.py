@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastproxy.accounts.auth import Authenticator
 from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.core.drain import Drain
 from fastproxy.core.limits import Limiter
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.settings import Settings
@@ -40,3 +41,5 @@ class State:
     store: Store | None = None
     # Tells every instance's auth cache that a key or user changed (admin API).
     invalidator: Invalidator | None = None
+    # Requests in flight and open streams, for the graceful drain at shutdown (core/drain.py).
+    drain: Drain = field(default_factory=lambda: Drain(30.0))
