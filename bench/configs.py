@@ -4,7 +4,8 @@
 measures bare + each feature alone ("the cost of each feature on its own"), and `full` = bare + every
 feature. A new feature is one more entry here: it appears both on its own and inside `full`.
 
-Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}.
+Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix},
+{redis_cluster_url} (a Redis Cluster the harness starts when a configuration names it).
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def proxy_configs() -> dict[str, ProxyConfig]:
     for name, f in FEATURES.items():
         out[f"+{name}"] = ProxyConfig(f"+{name}", {**BARE, **f.env}, f.key)
     out["full"] = _full()
+    # full with its Redis a Redis Cluster (3 masters; the harness starts it): a request's buckets span
+    # slots, so it makes one script call per slot instead of sharing one batched call.
+    full = out["full"]
+    out["full-cluster"] = ProxyConfig(
+        "full-cluster", {**full.env, "FASTPROXY_REDIS_URL": "{redis_cluster_url}"}, full.key
+    )
     # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
     out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out

@@ -91,7 +91,10 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
         env = {
             **clean_env(),
             **cfg.resolved(
-                database_url=backing.database_url, redis_url=backing.redis_url, redis_prefix=backing.redis_prefix
+                database_url=backing.database_url,
+                redis_url=backing.redis_url,
+                redis_prefix=backing.redis_prefix,
+                redis_cluster_url=backing.redis_cluster_url,
             ),
             "FASTPROXY_PORT": str(port),
             "FASTPROXY_UPSTREAM_URL": upstream + "/v1",

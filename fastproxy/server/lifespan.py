@@ -9,6 +9,8 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.accounts.lastused import LastUsedWriter
@@ -173,7 +175,12 @@ async def _open_redis(
     stack.push_async_callback(client.aclose)
 
     async def ping() -> None:
-        await client.ping()
+        if isinstance(client, RedisCluster):
+            # One node, not all: a master failing over must not make every instance unready at once
+            # (each call then meets the failure policy; the balancer would have no instance left).
+            await client.ping(target_nodes=RedisCluster.RANDOM)
+        else:
+            await client.ping()
 
     readiness["redis"] = ping
     return client
