@@ -6,6 +6,10 @@ runs a `Subscriber` (owned by lifespan) that evicts on every message. If the sub
 messages may have been missed, so the whole cache is cleared when it is re-established. Without
 Redis, the cache TTL (a few seconds) bounds how long a change takes to reach other processes.
 
+On a Redis Cluster the same code works through redis-py's RedisCluster: a classic PUBLISH reaches
+subscribers on every node (the cluster bus carries it), so one subscription per worker on any node
+is enough; when that node fails the subscription breaks and is re-joined (cache cleared) on another.
+
 Messages are `key:<id>`, `user:<id>` or `all`: ids only, never keys or hashes.
 """
 

@@ -3,9 +3,9 @@
 A script call may only name keys of one slot, and the buckets of one request live in up to four
 (key, user, client IP, global: each subject has its own hash tag, so its buckets share a slot). So
 `take` splits the request's buckets by slot and takes the groups one after another in a fixed
-order (the plan's: key, user, global, client IP), each group all or nothing on its own; if a group refuses (or its node does not answer), the groups already taken
-are given back (a `force` with the negative costs). Hence, exactly as in README.md ("Running many
-instances"):
+order (the plan's: key, user, global, client IP), each group all or nothing on its own; if a group
+refuses (or its node does not answer), the groups already taken are given back (a `force` with the
+negative costs). Hence, exactly as in README.md ("Running many instances"):
 
 - it never admits more than any limit: each bucket is only ever taken from atomically, in its slot;
 - a request refused by a later subject (its user, the global bucket) held its earlier subjects'
