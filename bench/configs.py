@@ -4,7 +4,8 @@
 measures bare + each feature alone ("the cost of each feature on its own"), and `full` = bare + every
 feature. A new feature is one more entry here: it appears both on its own and inside `full`.
 
-Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}, {upstream_url}.
+Values may name the run's backing services: {database_url}, {redis_url}, {redis_prefix}, {upstream_url},
+{redis_cluster_url} (a Redis Cluster the harness starts when a configuration names it).
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ def proxy_configs() -> dict[str, ProxyConfig]:
     out["full+cache-miss"] = ProxyConfig("full+cache-miss", {**full.env, **CACHE_MISS}, full.key)
     memory = {**full.env, **CACHE_MISS, "FASTPROXY_CACHE_BACKEND": "memory"}
     out["full+cache-miss-memory"] = ProxyConfig("full+cache-miss-memory", memory, full.key)
+    # full with its Redis a Redis Cluster (3 masters; the harness starts it): a request's buckets span
+    # slots, so it makes one script call per slot instead of sharing one batched call.
+    out["full-cluster"] = ProxyConfig(
+        "full-cluster", {**full.env, "FASTPROXY_REDIS_URL": "{redis_cluster_url}"}, full.key
+    )
     # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
     out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out

@@ -483,6 +483,8 @@ class Backing:
     redis_url: str
     redis_prefix: str
     keys: dict[str, str] = field(default_factory=dict)
+    # A Redis Cluster's URL (redis+cluster://...) for the configurations that name {redis_cluster_url}.
+    redis_cluster_url: str = ""
 
 
 PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"]
@@ -560,6 +562,44 @@ def backing_services_on(cpu: int) -> Iterator[str]:
         for tid, before in moved.items():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.sched_setaffinity(tid, before)
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[str]:
+    """A Redis Cluster of `masters` masters (no replicas) on free loopback ports, for the run; its URL.
+
+    Its servers are named redis-server like the standalone one, so backing_services_on pins them too
+    when entered after this."""
+    ports: list[int] = []
+    while len(ports) < masters:
+        port = free_port()
+        if port < 55000 and port not in ports:  # the cluster bus listens on port + 10000
+            ports.append(port)
+    procs = []
+    try:
+        for port in ports:
+            d = workdir / f"cluster-{port}"
+            d.mkdir()
+            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no", "--dir", str(d)]  # fmt: skip
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_port(port, procs[-1])
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"], check=True, capture_output=True)
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in _cmd_out(["redis-cli", "-p", str(ports[0]), "cluster", "info"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's Redis Cluster did not become ok")
+            time.sleep(0.1)
+        yield "redis+cluster://" + ",".join(nodes)
+    finally:
+        for proc in procs:  # started in this session (not a group of their own): stopped by PID
+            proc.terminate()
+            proc.wait(10)
+
+
+def _cmd_out(argv: Sequence[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

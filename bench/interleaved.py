@@ -26,6 +26,7 @@ within each, so it covers both the per-start offset and the load's noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -41,6 +42,7 @@ from bench.harness import (
     CpuWindow,
     backing,
     backing_services_on,
+    redis_cluster,
     scratch_dir,
     start_nginx,
     stop,
@@ -197,7 +199,13 @@ def main() -> None:
     labels = names + ([] if a.no_control else [CONTROL])
     started = time.monotonic()
     rounds: list[Round] = []
-    with scratch_dir() as tmp, backing(a.redis_url, KEY_LIMITS) as bk, backing_services_on(LOAD_CPU) as placed:
+    needs_cluster = any("{redis_cluster_url}" in configs[n].env.get("FASTPROXY_REDIS_URL", "") for n in names)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(scratch_dir())
+        bk = stack.enter_context(backing(a.redis_url, KEY_LIMITS))
+        if needs_cluster:
+            bk.redis_cluster_url = stack.enter_context(redis_cluster(Path(tmp)))
+        placed = stack.enter_context(backing_services_on(LOAD_CPU))
         work = Path(tmp)
         nginx, nginx_port = start_nginx(work)
         try:

@@ -95,6 +95,7 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
                 redis_url=backing.redis_url,
                 redis_prefix=backing.redis_prefix,
                 upstream_url=upstream + "/v1",
+                redis_cluster_url=backing.redis_cluster_url,
             ),
             "FASTPROXY_PORT": str(port),
             "FASTPROXY_UPSTREAM_URL": upstream + "/v1",

@@ -53,6 +53,8 @@ class FastProxy:
         if state.cors is not None:
             # Only with CORS origins configured; adds headers when this request's Origin is one of them.
             send = state.cors.cors_send(scope, send)
+        drain = state.drain
+        drain.inflight += 1
         try:
             await handler(state, scope, receive, send)
         except Exception:
@@ -60,6 +62,8 @@ class FastProxy:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
                 await send_json(send, 500, INTERNAL_ERROR_BODY)
+        finally:
+            drain.inflight -= 1
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -74,6 +78,10 @@ class FastProxy:
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         try:
+            # Granian has stopped accepting: let what is in flight finish (core/drain.py), then close.
+            cut = await self.state.drain.settle()
+            if cut:
+                log.warning("shutdown deadline reached: %d open streams ended with an error event", cut)
             await stack.aclose()
         finally:
             self.state = None

@@ -8,6 +8,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from tests.redis_cluster import RedisCluster
+from tests.redis_cluster import redis_cluster as start_redis_cluster
 from tests.services import postgres_server, redis_server
 
 
@@ -58,3 +60,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'fastproxy.db'}"
     dsn: str = request.getfixturevalue("postgres_dsn")
     return dsn
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas) of this session's own; tests isolate by redis_prefix."""
+    with start_redis_cluster() as cluster:
+        yield cluster

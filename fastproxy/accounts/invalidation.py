@@ -6,6 +6,10 @@ runs a `Subscriber` (owned by lifespan) that evicts on every message. If the sub
 messages may have been missed, so the whole cache is cleared when it is re-established. Without
 Redis, the cache TTL (a few seconds) bounds how long a change takes to reach other processes.
 
+On a Redis Cluster the same code works through redis-py's RedisCluster: a classic PUBLISH reaches
+subscribers on every node (the cluster bus carries it), so one subscription per worker on any node
+is enough; when that node fails the subscription breaks and is re-joined (cache cleared) on another.
+
 Messages are `key:<id>`, `user:<id>` or `all`: ids only, never keys or hashes.
 """
 
@@ -41,7 +45,9 @@ def channel_name(prefix: str) -> str:
 class Invalidator:
     """Announces changes; publishing failures are logged, not raised (the TTL still bounds staleness)."""
 
-    def __init__(self, cache: Evictable | None, redis: aioredis.Redis | None, channel: str) -> None:
+    def __init__(
+        self, cache: Evictable | None, redis: aioredis.Redis | aioredis.RedisCluster | None, channel: str
+    ) -> None:
         self._cache = cache
         self._redis = redis
         self._channel = channel
@@ -78,7 +84,7 @@ def apply(cache: Evictable, message: bytes) -> None:
 class Subscriber:
     """Listens on the channel until `stop()`; reconnects with backoff, clearing the cache on each (re)join."""
 
-    def __init__(self, cache: Evictable, redis: aioredis.Redis, channel: str) -> None:
+    def __init__(self, cache: Evictable, redis: aioredis.Redis | aioredis.RedisCluster, channel: str) -> None:
         self._cache = cache
         self._redis = redis
         self._channel = channel

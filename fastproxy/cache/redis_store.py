@@ -40,7 +40,7 @@ _SCAN_BATCH = 500
 class RedisStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         prefix: str,
         *,
         timeout: float,

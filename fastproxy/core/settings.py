@@ -20,6 +20,7 @@ from fastproxy.core.schemas import Limits
 ENV_PREFIX = "FASTPROXY_"
 # Structured settings: a TOML table in the file, a JSON object in the environment.
 JSON_FIELDS = frozenset({"global_limits", "ip_limits", "providers", "routes"})
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 SECRET_FIELDS = frozenset(
     {"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url", "jwt_secrets"}
 )
@@ -38,7 +39,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     workers: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0
     upstream_url: str = "http://127.0.0.1:8001/v1"
     upstream_api_key: str = ""
+    # redis://host:port/db for one server; redis+cluster://host:port,host:port (rediss+cluster:// for
+    # TLS) for a Redis Cluster, or any node's redis:// URL with redis_cluster = true.
     redis_url: str = ""
+    redis_cluster: bool = False
     database_url: str = "sqlite:///./fastproxy.db"
     admin_key: str = ""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
@@ -92,6 +96,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Rate-limit script calls each worker may have out at once; requests arriving meanwhile share the
     # next call. More calls out: shorter waits at moderate load, smaller batches under saturation.
     ratelimit_pipeline: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    # SIGTERM: /readyz answers 503 at once and the instance keeps serving this long (so the load
+    # balancer notices), then stops accepting and lets requests in flight finish for up to
+    # shutdown_grace seconds; streams still open then end with an error event.
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 0.0
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0, le=1800)] = 30.0
     # Prometheus metrics on /metrics; off removes every metric update from the request path.
     metrics: bool = True
     # How often each worker moves its counts into the shared metrics files (how fresh /metrics is).
@@ -221,9 +230,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             )
         for name in ("redis_url", "cache_redis_url"):
             url = getattr(self, name)
-            if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            if url and not url.startswith(REDIS_SCHEMES):
                 raise SettingsError(
                     f"invalid setting {name} ({ENV_PREFIX}{name.upper()}): expected redis://host:port/db"
+                    " or redis+cluster://host:port,host:port"
                 )
         if self.cache_backend == "redis" and not (self.cache_redis_url or self.redis_url):
             raise SettingsError(

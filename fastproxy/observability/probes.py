@@ -13,6 +13,9 @@ from fastproxy.observability.readiness import run_checks
 from fastproxy.server.state import State
 
 _HEALTH = json_encoder.encode({"status": "ok"})
+_DRAINING = json_encoder.encode(
+    {"status": "draining", "checks": {}, "message": "not ready: shutting down (draining requests in flight)"}
+)
 _ROOT = json_encoder.encode({"name": "fastproxy", "version": __version__})
 
 
@@ -26,12 +29,16 @@ async def root(state: State, scope: Scope, receive: Receive, send: Send) -> None
 
 
 async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    """Readiness: every registered dependency check runs; 503 names each one that failed.
+    """Readiness: every registered dependency check runs; 503 names each one that failed. Draining
+    (after SIGTERM): 503 at once, so the load balancer stops sending new requests here.
 
     `providers_down` names the providers none of whose keys may be tried now. It informs and does not
     make the instance unready: a provider's outage is every instance's, and pulling them all out of the
     load balancer would turn fallback into a full outage.
     """
+    if state.drain.draining():
+        await send_json(send, 503, _DRAINING)
+        return
     checks = await run_checks(state.readiness)
     failed = [name for name, check in checks.items() if not check["ok"]]
     doc: dict[str, object] = {

@@ -11,6 +11,7 @@ from time import perf_counter
 from typing import Any
 
 from fastproxy.cache.service import Lookup
+from fastproxy.core.drain import STREAM_CUT, Drain
 from fastproxy.core.errors import UpstreamError
 from fastproxy.core.records import FailedAttempt
 from fastproxy.core.schemas import TokenUsage
@@ -138,6 +139,8 @@ async def passthrough(
     out.upstream_status = out.status = resp.status
     out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
     await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+    drain = state.drain
+    task = open_stream(drain)
     try:
         async for chunk in resp.chunks():
             if out.ttfb is None:
@@ -148,9 +151,35 @@ async def passthrough(
         await resp.abort()
         out.error = err.code
         log.warning("upstream pass-through failed: %s", err.message)
+    except asyncio.CancelledError:
+        await resp.abort()
+        if not cut_at_deadline(drain, task, out):
+            raise
+        if any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in resp.headers):
+            await send({"type": "http.response.body", "body": STREAM_CUT, "more_body": True})
     except BaseException:
         await resp.abort()
         raise
     else:
         await resp.release()
+    finally:
+        drain.streams.discard(task)
     await send({"type": "http.response.body", "body": b""})
+
+
+def open_stream(drain: Drain) -> asyncio.Task[Any]:
+    """Register this request's task as an open stream: at the shutdown deadline it is cut (core/drain.py)."""
+    task = asyncio.current_task()
+    assert task is not None
+    drain.streams.add(task)
+    return task
+
+
+def cut_at_deadline(drain: Drain, task: asyncio.Task[Any], out: Outcome) -> bool:
+    """A cancellation that is the shutdown deadline's (not the client leaving): the stream must end with
+    STREAM_CUT rather than silently. Undoes the cancellation so the event can still be sent."""
+    if not drain.cutting:
+        return False
+    task.uncancel()
+    out.error = "server_shutting_down"
+    return True

@@ -22,6 +22,7 @@ import logging
 import random
 from time import monotonic, perf_counter
 
+from fastproxy.core.drain import STREAM_CUT
 from fastproxy.core.errors import (
     ProxyError,
     UpstreamError,
@@ -34,7 +35,7 @@ from fastproxy.core.schemas import usage_from_json
 from fastproxy.core.types import RawHeaders, Send
 from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
-from fastproxy.proxy.exchange import Outcome, response_headers
+from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
 from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
 from fastproxy.proxy.sse import SSEWatcher
 from fastproxy.server.state import State
@@ -368,6 +369,8 @@ async def _rest_of_stream(
 ) -> None:
     iterator = chunks.__anext__  # type: ignore[attr-defined]
     failed: str | None = None
+    drain = state.drain
+    task = open_stream(drain)
     try:
         while True:
             try:
@@ -395,12 +398,18 @@ async def _rest_of_stream(
     except UpstreamError as err:
         failed = "upstream_stream_idle" if isinstance(err, UpstreamTimeout) else "upstream_stream_cut"
         await resp.abort()
+    except asyncio.CancelledError:
+        await resp.abort()
+        if not cut_at_deadline(drain, task, out):
+            raise
+        await send({"type": "http.response.body", "body": STREAM_CUT, "more_body": True})
     except BaseException:
         await resp.abort()
         raise
     else:
         await resp.release()
     finally:
+        drain.streams.discard(task)
         out.usage, out.events = watcher.usage, watcher.events
     if failed is None and out.tee is not None:  # cache hook: a stream that completed may be stored
         out.tee.end(out.usage)

@@ -5,9 +5,8 @@ minute, per day, or a lifetime quota that never refills). Buckets refill continu
 capacity / period. Every Redis key carries a hash tag per subject, `{fp:key:<id>}`, so all the
 buckets of one subject share a Cluster slot; `rl1` in the name is the version of the state layout
 that ratelimit.lua reads and writes (bump it when the layout changes, so old keys are never misread).
-Note: one atomic script call over several subjects (key + user + global) needs one slot, so on
-Redis Cluster such a request would be refused with CROSSSLOT; fastproxy connects to a standalone
-Redis (or a primary with replicas) today.
+On a Redis Cluster the subjects of one request (key + user + global) live in different slots, so
+the cluster store (cluster.py) takes them slot by slot with give-back; README.md says what stays exact.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, Final
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -36,6 +36,7 @@ from fastproxy.core.limits import Admission
 from fastproxy.core.schemas import BucketLevel, Principal, TokenUsage
 from fastproxy.ratelimit import core
 from fastproxy.ratelimit.buckets import EMPTY_PLAN, Bucket, Planner
+from fastproxy.ratelimit.cluster import ClusterStore
 from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
@@ -109,7 +110,7 @@ class RedisStore:
 
     def __init__(self, client: Redis, script: str, pipeline: int = 1) -> None:
         self.client = client
-        self._script = client.register_script(script)
+        self._sha = client.register_script(script).sha
         self._source = script
         pool = client.connection_pool
         params = pool.connection_kwargs
@@ -160,7 +161,7 @@ class RedisStore:
         for op in ops:
             keys += op.keys
             args += op.args
-        packed = pack_evalsha(self._script.sha, keys, args)
+        packed = pack_evalsha(self._sha, keys, args)
         if not self._channel.submit(packed, functools.partial(self._replied, ops, packed)):
             self._send_slowly(ops, packed)
 
@@ -252,7 +253,7 @@ class RedisLimiter:
     def __init__(
         self,
         planner: Planner,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         fail_open: bool = True,
         retry_interval: float = 1.0,
@@ -264,7 +265,12 @@ class RedisLimiter:
         self.planner = planner
         # Told "allowed" (served by in-process limits) or "rejected" (503) for each request Redis missed.
         self._on_fallback = on_fallback
-        self.store = RedisStore(client, load_script(), pipeline)
+        # A cluster gets one call per slot a request's buckets touch (cluster.py: what stays exact).
+        self.store: RedisStore | ClusterStore = (
+            ClusterStore(client, load_script(), client.connection_kwargs.get("socket_timeout") or 1.0)
+            if isinstance(client, RedisCluster)
+            else RedisStore(client, load_script(), pipeline)
+        )
         # 0: one round trip per settle; otherwise reconciliations are coalesced (see settler.py).
         self.settler = Settler(self.store, settle_interval) if settle_interval > 0 else None
         self.fallback = LocalLimiter(planner, clock)

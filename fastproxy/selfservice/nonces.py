@@ -33,7 +33,7 @@ class Nonces(Protocol):
 
 
 class RedisNonces:
-    def __init__(self, client: aioredis.Redis, prefix: str, ttl: int = TTL_S) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, prefix: str, ttl: int = TTL_S) -> None:
         self._client = client
         self._prefix = prefix + "siwe-nonce:"
         self._ttl = ttl

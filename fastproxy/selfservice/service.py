@@ -65,7 +65,10 @@ class SelfService:
 
 
 async def open_selfservice(
-    settings: Settings, stack: contextlib.AsyncExitStack, store: Store | None, redis: aioredis.Redis | None
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    store: Store | None,
+    redis: aioredis.Redis | aioredis.RedisCluster | None,
 ) -> SelfService | None:
     """None (every /api path is 404) without JWT secrets or without a database."""
     if not settings.jwt_secrets or store is None:

@@ -4,38 +4,78 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from fastproxy import __version__
 from fastproxy.accounts.cli import CommandError, add_commands, demo_key
+from fastproxy.core.drain import MARKER_ENV, begin
 from fastproxy.core.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from fastproxy.mock.modes import ModeError, merge, parse
+from fastproxy.observability import multiproc
 from fastproxy.observability.multiproc import multiprocess_dir, serve_metrics_port
 from fastproxy.server.fdlimit import needed, raise_soft_limit
 
 
-def _granian(target: str, host: str, port: int, workers: int, log_level: str = "warning") -> None:
+def _granian(
+    target: str, host: str, port: int, workers: int, log_level: str = "warning", drain: Settings | None = None
+) -> None:
+    """Serve `target` with Granian. With `drain` (serve), the first SIGTERM/SIGINT starts a graceful
+    drain (core/drain.py) before Granian hears of it; a second one stops at once."""
     from granian import Granian
 
-    Granian(
+    server_class: Any = Granian
+    kill_timeout = None
+    if drain is not None:
+        marker = os.path.join(os.environ[multiproc.ENV], "draining")
+        os.environ[MARKER_ENV] = marker
+        server_class = _draining_server(Granian, marker, drain.drain_seconds, drain.shutdown_grace)
+        # Past the grace the workers have cut their streams and flushed: a stuck one is killed then.
+        kill_timeout = math.ceil(drain.shutdown_grace) + 5
+    server_class(
         target,
         factory=True,
         address=host,
         port=port,
-        interface="asgi",  # type: ignore[arg-type]
-        loop="uvloop",  # type: ignore[arg-type]
+        interface="asgi",
+        loop="uvloop",
         workers=workers,
         websockets=False,
         backlog=2048,
-        log_level=log_level,  # type: ignore[arg-type]
+        log_level=log_level,
         log_access=False,
+        workers_kill_timeout=kill_timeout,
     ).serve()
+
+
+def _draining_server(base: type[Any], marker: str, drain_seconds: float, grace: float) -> type[Any]:
+    class DrainingGranian(base):  # type: ignore[misc]
+        """Granian whose first interrupt drains: the marker (workers' /readyz turns 503), then the
+        interrupt itself `drain_seconds` later (Granian stops accepting and shuts the workers down)."""
+
+        _draining = False
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if self._draining or drain_seconds <= 0:
+                if not self._draining:
+                    begin(marker, 0, grace)
+                super().signal_handler_interrupt(*args, **kwargs)
+                return
+            self._draining = True
+            begin(marker, drain_seconds, grace)
+            timer = threading.Timer(drain_seconds, super().signal_handler_interrupt)
+            timer.daemon = True
+            timer.start()
+
+    return DrainingGranian
 
 
 def _apply_overrides(args: argparse.Namespace) -> Settings:
@@ -66,7 +106,7 @@ def _serve(settings: Settings) -> None:
         if settings.metrics and settings.metrics_port:
             stop_metrics = serve_metrics_port(settings.host, settings.metrics_port, metrics_path)
         try:
-            _granian("fastproxy.app:create_app", settings.host, settings.port, workers)
+            _granian("fastproxy.app:create_app", settings.host, settings.port, workers, drain=settings)
         finally:
             if stop_metrics is not None:
                 stop_metrics()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio import RedisCluster
 
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
@@ -17,6 +18,7 @@ from fastproxy.accounts.lastused import LastUsedWriter
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.redis_store import RedisStore
 from fastproxy.cache.service import CacheConfig, ResponseCache
+from fastproxy.core.drain import Drain
 from fastproxy.core.records import ACCESS_LOGGER
 from fastproxy.core.settings import Settings
 from fastproxy.core.tasks import every, stop_task
@@ -27,6 +29,7 @@ from fastproxy.ratelimit import build_limiter
 from fastproxy.selfservice.service import open_selfservice
 from fastproxy.selfservice.web import Web
 from fastproxy.server.heap import settled_heap
+from fastproxy.server.redis import AnyRedis, open_client
 from fastproxy.server.state import Observer, State
 from fastproxy.server.threads import RuntimeThreads
 from fastproxy.store import Store, open_store
@@ -110,6 +113,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 threads = RuntimeThreads()
                 stack.callback(threads.restore)
                 _own_task(stack, threads.watch())
+            drain = Drain(settings.shutdown_grace)
+            _own_task(stack, drain.watch())
             yield State(
                 settings=settings,
                 upstream=upstream,
@@ -130,6 +135,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 selfservice=selfservice,
                 web=web,
                 cors=web if web.origins else None,
+                drain=drain,
             )
     finally:
         listener.stop()
@@ -177,7 +183,10 @@ def _drain_records(
 
 
 def _open_cache(
-    settings: Settings, stack: contextlib.AsyncExitStack, redis: aioredis.Redis | None, metrics: Metrics | None
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    redis: aioredis.Redis | aioredis.RedisCluster | None,
+    metrics: Metrics | None,
 ) -> ResponseCache | None:
     """The response cache: Redis (its own writer task) when configured, else the in-process LRU."""
     if not settings.cache:
@@ -244,14 +253,19 @@ async def _open_store(
 
 async def _open_redis(
     settings: Settings, stack: contextlib.AsyncExitStack, readiness: dict[str, ReadinessCheck]
-) -> aioredis.Redis | None:
+) -> AnyRedis | None:
     if not settings.redis_url:
         return None
-    client = aioredis.from_url(settings.redis_url)
+    client = open_client(settings.redis_url, cluster=settings.redis_cluster)
     stack.push_async_callback(client.aclose)
 
     async def ping() -> None:
-        await client.ping()
+        if isinstance(client, RedisCluster):
+            # One node, not all: a master failing over must not make every instance unready at once
+            # (each call then meets the failure policy; the balancer would have no instance left).
+            await client.ping(target_nodes=RedisCluster.RANDOM)
+        else:
+            await client.ping()
 
     readiness["redis"] = ping
     return client

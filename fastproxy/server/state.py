@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastproxy.accounts.auth import Authenticator
 from fastproxy.accounts.invalidation import Invalidator
 from fastproxy.cache.service import ResponseCache
+from fastproxy.core.drain import Drain
 from fastproxy.core.limits import Limiter
 from fastproxy.core.records import RequestRecord
 from fastproxy.core.settings import Settings
@@ -58,3 +59,5 @@ class State:
     web: Web | None = None
     # The same Web when CORS origins are configured, else None: the proxied path checks only this.
     cors: Web | None = None
+    # Requests in flight and open streams, for the graceful drain at shutdown (core/drain.py).
+    drain: Drain = field(default_factory=lambda: Drain(30.0))

@@ -62,7 +62,7 @@ Apply = Callable[[str, str, float | None], None]
 class RedisBoard:
     """Publishes and listens; its two tasks are started and stopped by lifespan."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, apply: Apply) -> None:
+    def __init__(self, redis: aioredis.Redis | aioredis.RedisCluster, prefix: str, apply: Apply) -> None:
         self._redis = redis
         self._prefix = prefix
         self._channel = prefix + CHANNEL

@@ -46,7 +46,12 @@ _RETRY_SOON = [(b"retry-after", b"1")]
 
 
 class SpendTracker:
-    def __init__(self, redis: aioredis.Redis | None = None, prefix: str = "fastproxy:", interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis | aioredis.RedisCluster | None = None,
+        prefix: str = "fastproxy:",
+        interval: float = 0.5,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix + "spend:"
         self._interval = interval
@@ -105,7 +110,11 @@ class SpendTracker:
                 names.append(name)
         for i in range(0, len(names), 1000):
             chunk = names[i : i + 1000]
-            values = await redis.mget([self._prefix + n for n in chunk])
+            # One GET per name: a multi-key MGET would span hash slots on a Redis Cluster.
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in chunk:
+                    pipe.get(self._prefix + n)
+                values = await pipe.execute()
             for name, value in zip(chunk, values, strict=True):
                 if value is not None:
                     self._spent[name] = max(self._spent.get(name, 0.0), float(value))
@@ -117,11 +126,11 @@ class SpendTracker:
             self._spent[name] = max(self._spent.get(name, 0.0), value)
         if self._redis is None or not totals:
             return
-        script = self._redis.register_script(_AT_LEAST)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name, value in totals.items():
-                    await script(keys=[self._prefix + name], args=[repr(value)], client=pipe)
+                    # EVAL, not a registered script: a cluster pipeline routes it by its one key.
+                    pipe.eval(_AT_LEAST, 1, self._prefix + name, repr(value))
                 await pipe.execute()
         except RedisError as exc:
             log.warning("could not rebuild spend counters in Redis: %s", exc)
@@ -154,8 +163,8 @@ class SpendTracker:
                 for name in pending:
                     pipe.incrbyfloat(self._prefix + name, pending[name])
                 watched = names[len(pending) :]
-                if watched:
-                    pipe.mget([self._prefix + n for n in watched])
+                for name in watched:  # GET each: an MGET would span hash slots on a Redis Cluster
+                    pipe.get(self._prefix + name)
                 results = await pipe.execute()
         except RedisError as exc:
             for name, value in pending.items():
@@ -166,8 +175,7 @@ class SpendTracker:
             return
         self._failing = False
         totals = [float(v) for v in results[: len(pending)]]
-        if watched:
-            totals += [float(v) if v is not None else 0.0 for v in results[len(pending)]]
+        totals += [float(v) if v is not None else 0.0 for v in results[len(pending) :]]
         for name, total in zip(names, totals, strict=True):
             # Charges made while the pipeline ran are pending again: count them on top.
             self._spent[name] = total + self._pending.get(name, 0.0)

@@ -42,7 +42,7 @@ async def open_usage(
     settings: Settings,
     stack: contextlib.AsyncExitStack,
     store: Store | None,
-    redis: aioredis.Redis | None,
+    redis: aioredis.Redis | aioredis.RedisCluster | None,
     metrics: Metrics | None = None,
 ) -> Usage | None:
     """Start the writer and spend sync (stopped by `stack`, the writer flushing first); None when disabled."""

@@ -174,12 +174,12 @@ async def test_script_survives_script_flush(own_redis: OwnRedis, pipeline: int) 
     try:
         p = key(rpm=5)
         await lim.admit(p, 0, None)
-        assert await client.script_exists(lim.store._script.sha) == [True]
+        assert await client.script_exists(lim.store._sha) == [True]
         await client.script_flush()
-        assert await client.script_exists(lim.store._script.sha) == [False]
+        assert await client.script_exists(lim.store._sha) == [False]
         # NOSCRIPT (for every call out at once) reloaded it; the state was kept.
         assert await count_admitted([lim], p, 10) == 4
-        assert await client.script_exists(lim.store._script.sha) == [True]
+        assert await client.script_exists(lim.store._sha) == [True]
         assert lim.fallbacks == 0
     finally:
         await lim.close()
