@@ -191,6 +191,7 @@ class Metrics:
             ("provider",),
             DURATION_BUCKETS,
         )
+        self._ttft: dict[str, Batch] = {}
         # Set by lifespan: each provider's number of open breakers, read at every flush.
         self.breaker_counts: Callable[[], dict[str, int]] | None = None
 
@@ -234,28 +235,36 @@ class Metrics:
     def _count_attempts(self, records: list[RequestRecord]) -> None:
         attempts: collections.Counter[tuple[str, str]] = collections.Counter()
         fallbacks: collections.Counter[str] = collections.Counter()
+        ttfts: dict[str, list[float]] = {}
         retries = 0
         for r in records:
-            if r.provider is None:
+            provider = r.provider
+            if provider is None:
                 continue
-            if r.failures:
-                for failed in r.failures:
+            failures = r.failures
+            if failures:
+                for failed in failures:
                     attempts[failed.provider, attempt_outcome(failed.error)] += 1
                 if r.status < 400:
-                    fallbacks[r.provider] += 1
-            if r.attempts:
+                    fallbacks[provider] += 1
                 retries += r.attempts - 1
-            if r.attempts > len(r.failures or ()):
+            if r.attempts > len(failures or ()):
                 # The last attempt answered (its failures, if any, are counted above).
-                attempts[r.provider, "ok" if not r.partial else attempt_outcome(r.error or "other")] += 1
+                attempts[provider, "ok" if not r.partial else attempt_outcome(r.error or "other")] += 1
             if r.ttfb_ms is not None and r.proxy_ms is not None:
-                self.provider_ttft.labels(r.provider).observe(max(0.0, r.ttfb_ms - r.proxy_ms) / 1000)
+                # Milliseconds, batched per provider like the other histograms (one observe each costs µs).
+                ttfts.setdefault(provider, []).append(max(0.0, r.ttfb_ms - r.proxy_ms))
         for labels, n in attempts.items():
             self.upstream_attempts.labels(*labels).inc(n)
         for provider, n in fallbacks.items():
             self.fallbacks.labels(provider).inc(n)
         if retries:
             self.retries.inc(retries)
+        for provider, ms in ttfts.items():
+            batch = self._ttft.get(provider)
+            if batch is None:
+                batch = self._ttft[provider] = Batch(self.provider_ttft.labels(provider))
+            batch.add_all(ms)
 
     def _derive(self, records: list[RequestRecord]) -> None:
         # Model labels in first-seen order, so the bounded slots go to the models seen first.
