@@ -4,6 +4,8 @@
     POST   /admin/keys           GET /admin/keys[?user_id] GET|PATCH|DELETE /admin/keys/{id}
     GET    /admin/usage          GET /admin/usage/summary  GET /admin/users/{id}/usage   (fastproxy.usage.api)
     DELETE /admin/cache[/users/{id}|/keys/{id}|/global|/models/{model}]          (fastproxy.cache.admin)
+    GET|POST /admin/providers|routes   GET|PATCH|DELETE /admin/providers|routes/{name}
+                                                                       (fastproxy.accounts.admin_providers)
 
 Authenticated by `Authorization: Bearer $FASTPROXY_ADMIN_KEY` (constant-time compare). With no
 admin key configured every /admin path is 404, as if the API did not exist. Lists are ordered by
@@ -23,7 +25,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from fastproxy.accounts import provisioning
+from fastproxy.accounts import admin_providers, provisioning
 from fastproxy.accounts.admin_schemas import KeyCreate, KeyPatch, UserCreate, UserPatch, changes
 from fastproxy.accounts.admin_schemas import key_create as key_create_decoder
 from fastproxy.accounts.admin_schemas import key_patch as key_patch_decoder
@@ -102,6 +104,13 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         _authorize(scope["headers"], admin_key.encode())
         if path == cache_admin.PREFIX or path.startswith(cache_admin.PREFIX + "/"):  # needs no database
             status, result = await cache_admin.handle(state.cache, scope["method"], path)
+            await send_json(send, status, json_encoder.encode(result))
+            return
+        if path.split("/", 3)[2:3] and path.split("/", 3)[2] in admin_providers.RESOURCES:
+            if state.store is None:
+                raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
+            body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
+            status, result = await admin_providers.handle(state, state.store, scope["method"], path, body)
             await send_json(send, status, json_encoder.encode(result))
             return
         operation, ident = _route(scope["method"], path)

@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from fastproxy.accounts import provisioning
 from fastproxy.accounts.invalidation import Invalidator, channel_name
+from fastproxy.accounts.stored_providers import SECRET_KEYS_SETTING, SecretBox, rotate_all
+from fastproxy.core.providers import ConfigError
 from fastproxy.core.schemas import Limits
 from fastproxy.core.settings import Settings, load_settings
 from fastproxy.selfservice.passwords import Passwords
@@ -174,6 +176,21 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
     _run(job)
 
 
+def cmd_secrets_rotate(args: argparse.Namespace) -> None:
+    async def job(store: Store, settings: Settings) -> None:
+        box = SecretBox(settings.secret_keys)
+        if not box.enabled:
+            raise CommandError(f"{SECRET_KEYS_SETTING} is not set: nothing to re-encrypt with")
+        await store.migrate()
+        try:
+            count = await rotate_all(store, box, int(time.time()))
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        print(f"re-encrypted the keys of {count} stored providers with the first secret key")
+
+    _run(job)
+
+
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("rpm", "tpm", "rpd", "tpd", "max_tokens_total"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
@@ -215,6 +232,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     revoke = keys.add_parser("revoke", help="revoke an API key")
     revoke.add_argument("id")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    secrets = sub.add_parser("secrets", help="manage the encryption of stored upstream keys")
+    actions = secrets.add_subparsers(dest="action", required=True)
+    rotate = actions.add_parser(
+        "rotate", help=f"re-encrypt every stored upstream key with the first key of {SECRET_KEYS_SETTING}"
+    )
+    rotate.set_defaults(func=cmd_secrets_rotate)
 
 
 async def demo_key(settings: Settings) -> str:

@@ -6,6 +6,8 @@ runs with no configuration at all.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -22,7 +24,7 @@ ENV_PREFIX = "FASTPROXY_"
 JSON_FIELDS = frozenset({"global_limits", "ip_limits", "providers", "routes"})
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 SECRET_FIELDS = frozenset(
-    {"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url", "jwt_secrets"}
+    {"upstream_api_key", "admin_key", "redis_url", "database_url", "cache_redis_url", "jwt_secrets", "secret_keys"}
 )
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -212,6 +214,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Sign-in and sign-up attempts per minute, per client IP and per account (email or wallet).
     auth_attempts_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 30
     auth_attempts_per_account: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # Comma-separated Fernet keys encrypting upstream keys stored through the admin API: the first
+    # encrypts, every one decrypts (`fastproxy secrets rotate` re-encrypts with the first). Empty: the admin
+    # API refuses to store a provider with keys.
+    secret_keys: str = ""
+    # Without Redis, how often each worker reloads the providers and routes stored through the admin API
+    # (with Redis a change is announced on pub/sub and reaches every worker at once).
+    providers_reload_interval: Seconds = 2.0
 
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
@@ -235,6 +244,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                     f"invalid setting {name} ({ENV_PREFIX}{name.upper()}): expected redis://host:port/db"
                     " or redis+cluster://host:port,host:port"
                 )
+        if self.secret_keys:
+            try:
+                fernet_keys(self.secret_keys)
+            except ValueError:
+                raise SettingsError(
+                    f"invalid setting secret_keys ({ENV_PREFIX}SECRET_KEYS): expected comma-separated Fernet keys "
+                    "(32 url-safe base64-encoded bytes each)"
+                ) from None
         if self.cache_backend == "redis" and not (self.cache_redis_url or self.redis_url):
             raise SettingsError(
                 f"invalid setting cache_backend ({ENV_PREFIX}CACHE_BACKEND): 'redis' needs "
@@ -275,6 +292,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             elif value:
                 out[name] = mask(value)
         return out
+
+
+def fernet_keys(text: str) -> list[bytes]:
+    """The Fernet keys of FASTPROXY_SECRET_KEYS, checked (32 url-safe base64 bytes each); ValueError if not."""
+    keys = [k.strip().encode() for k in text.split(",") if k.strip()]
+    for key in keys:
+        try:
+            raw = base64.urlsafe_b64decode(key)
+        except (ValueError, binascii.Error):
+            raise ValueError("not base64") from None
+        if len(raw) != 32:
+            raise ValueError("not 32 bytes")
+    return keys
 
 
 def mask(secret: str) -> str:

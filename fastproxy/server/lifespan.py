@@ -15,6 +15,7 @@ from redis.asyncio import RedisCluster
 from fastproxy.accounts.auth import Authenticator, KeyAuthenticator, OpenAccess
 from fastproxy.accounts.invalidation import Invalidator, Subscriber, channel_name
 from fastproxy.accounts.lastused import LastUsedWriter
+from fastproxy.accounts.stored_providers import ProviderSync, SecretBox
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.redis_store import RedisStore
 from fastproxy.cache.service import CacheConfig, ResponseCache
@@ -91,6 +92,13 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 board.start()
                 stack.push_async_callback(board.stop)
                 router.board = board
+            provider_sync = None
+            if store is not None:
+                # Providers and routes stored through the admin API, loaded before the first request.
+                provider_sync = ProviderSync(settings, store, SecretBox(settings.secret_keys), router, redis)
+                await provider_sync.reload()
+                provider_sync.start()
+                stack.push_async_callback(provider_sync.stop)
             if metrics is not None:
                 metrics.breaker_counts = router.open_breakers
             catalog = None
@@ -136,6 +144,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 web=web,
                 cors=web if web.origins else None,
                 drain=drain,
+                provider_sync=provider_sync,
             )
     finally:
         listener.stop()

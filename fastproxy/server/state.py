@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastproxy.accounts.auth import Authenticator
 from fastproxy.accounts.invalidation import Invalidator
+from fastproxy.accounts.stored_providers import ProviderSync
 from fastproxy.cache.service import ResponseCache
 from fastproxy.core.drain import Drain
 from fastproxy.core.limits import Limiter
@@ -32,7 +33,8 @@ class State:
     auth: Authenticator
     limiter: Limiter
     observers: tuple[Observer, ...]
-    # Model routes over the providers, and each provider key's live state (breakers, cooldowns).
+    # Model routes over the providers, and each provider key's live state (breakers, cooldowns). One object
+    # for the worker's life: admin changes swap its tables in place (Router.rebuild, via provider_sync).
     router: Router
     # The default provider's base URL without a trailing slash, for the paths that are passed through
     # (no model): the client's path after `/v1` is appended to it.
@@ -61,3 +63,5 @@ class State:
     cors: Web | None = None
     # Requests in flight and open streams, for the graceful drain at shutdown (core/drain.py).
     drain: Drain = field(default_factory=lambda: Drain(30.0))
+    # Providers and routes stored through the admin API, kept in step on every worker; None without a database.
+    provider_sync: ProviderSync | None = None

@@ -216,6 +216,18 @@ class Store(Protocol):
         """Totals of the records matching the filters (the cursor is ignored), by model and by UTC day."""
         ...
 
+    async def list_entries(self, kind: str) -> list[tuple[str, str]]:
+        """(name, JSON body) of every stored provider or route (`kind`), by name (migration 0006)."""
+        ...
+
+    async def put_entry(self, kind: str, name: str, body: str, now: int) -> None:
+        """Create or replace the provider or route `name`."""
+        ...
+
+    async def delete_entry(self, kind: str, name: str) -> bool:
+        """False when there was none."""
+        ...
+
 
 def new_id(prefix: str) -> str:
     """A random id that sorts by creation time (nanoseconds first), so `after` cursors follow creation order.

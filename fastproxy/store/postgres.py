@@ -287,3 +287,25 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
                 list(used),
                 list(used.values()),
             )
+
+    async def list_entries(self, kind: str) -> list[tuple[str, str]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT name, body FROM config_entries WHERE kind = $1 ORDER BY name", kind)
+        return [(r["name"], r["body"]) for r in rows]
+
+    async def put_entry(self, kind: str, name: str, body: str, now: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO config_entries (kind, name, body, created_at, updated_at)"
+                " VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($4))"
+                " ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                kind,
+                name,
+                body,
+                now,
+            )
+
+    async def delete_entry(self, kind: str, name: str) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute("DELETE FROM config_entries WHERE kind = $1 AND name = $2", kind, name)
+        return status != "DELETE 0"

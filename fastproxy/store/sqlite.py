@@ -309,6 +309,23 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
                 [(ts, key_id, ts) for key_id, ts in used.items()],
             )
 
+    async def list_entries(self, kind: str) -> list[tuple[str, str]]:
+        rows = await self._all("SELECT name, body FROM config_entries WHERE kind = ? ORDER BY name", kind)
+        return [(r[0], r[1]) for r in rows]
+
+    async def put_entry(self, kind: str, name: str, body: str, now: int) -> None:
+        async with self._errors():
+            await self._db.execute(
+                "INSERT INTO config_entries (kind, name, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                (kind, name, body, now, now),
+            )
+
+    async def delete_entry(self, kind: str, name: str) -> bool:
+        async with self._errors():
+            cur = await self._db.execute("DELETE FROM config_entries WHERE kind = ? AND name = ?", (kind, name))
+            return cur.rowcount > 0
+
 
 async def _enable_wal(conn: aiosqlite.Connection) -> None:
     """Switch to WAL, waiting for another process doing the same on a new file.

@@ -116,6 +116,7 @@ class LiveProvider:
         "api_version",
         "base_headers",
         "base_url",
+        "config",
         "first_token_timeout",
         "keys",
         "name",
@@ -125,6 +126,8 @@ class LiveProvider:
 
     def __init__(self, name: str, config: Provider, policy: BreakerPolicy) -> None:
         self.name = name
+        # What it was built from (a rebuild keeps a provider whose config did not change, with its state).
+        self.config = config
         self.type = config.type
         self.base_url = config.base_url.rstrip("/")
         self.api_version = config.api_version

@@ -19,8 +19,9 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Mapping
 
-from fastproxy.core.providers import DEFAULT_PROVIDER, Provider
+from fastproxy.core.providers import DEFAULT_PROVIDER, Provider, Route
 from fastproxy.core.settings import Settings
 from fastproxy.upstream.board import Board, LocalBoard, wall_to_monotonic
 from fastproxy.upstream.breaker import BreakerPolicy, RetryBudget
@@ -49,7 +50,7 @@ class LiveTarget:
 
 
 class LiveRoute:
-    __slots__ = ("context_fallback", "cum_weights", "direct", "groups", "max_attempts", "name")
+    __slots__ = ("config", "context_fallback", "cum_weights", "direct", "groups", "max_attempts", "name")
 
     def __init__(
         self,
@@ -58,8 +59,11 @@ class LiveRoute:
         max_attempts: int,
         context_fallback: str | None = None,
         direct: bool = False,
+        config: Route | None = None,
     ) -> None:
         self.name = name
+        # What it was built from (a rebuild keeps a route whose config did not change).
+        self.config = config
         # `provider/model`: the model sent upstream is what follows the provider's name.
         self.direct = direct
         self.max_attempts = max_attempts
@@ -195,7 +199,13 @@ class Plan:
 
 
 class Router:
-    """Built once per worker from the settings; the live state of providers and keys lives on it."""
+    """Built once per worker from the settings; the live state of providers and keys lives on it.
+    `rebuild` swaps its providers and routes in place (admin API changes)."""
+
+    # Set by rebuild, which __init__ calls.
+    default: LiveProvider
+    _default_route: LiveRoute
+    _direct: dict[str, LiveRoute]
 
     def __init__(self, settings: Settings) -> None:
         policy = BreakerPolicy(
@@ -206,32 +216,69 @@ class Router:
             cooldown=settings.breaker_cooldown,
             max_cooldown=settings.breaker_max_cooldown,
         )
-        default = Provider(base_url=settings.upstream_url, api_key=settings.upstream_api_key)
-        configured = {DEFAULT_PROVIDER: default, **settings.providers}
-        self.providers = {name: LiveProvider(name, p, policy) for name, p in configured.items()}
-        self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
+        self._policy = policy
         self._max_attempts = settings.max_attempts
+        self._default_config = Provider(base_url=settings.upstream_url, api_key=settings.upstream_api_key)
+        self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
+        # Per worker until lifespan sets a RedisBoard.
+        self.board: Board = LocalBoard()
+        self.providers: dict[str, LiveProvider] = {}
         self.routes: dict[str, LiveRoute] = {}
-        for name, route in settings.routes.items():
+        self.rebuild(settings.providers, settings.routes)
+
+    def rebuild(self, providers: Mapping[str, Provider], routes: Mapping[str, Route]) -> None:
+        """Serve these providers and routes (checked, secrets read) from now on, beside `default`.
+
+        A provider whose config did not change keeps its live state (breakers, cooldowns, latencies), and a
+        route whose config and providers did not change keeps its targets. Plain assignments with no await
+        in between: no request on this worker's event loop sees half of the change, and a request already
+        planned keeps the objects it holds.
+        """
+        configured = {DEFAULT_PROVIDER: self._default_config, **providers}
+        old = self.providers
+        live = {
+            name: old[name] if name in old and old[name].config == p else LiveProvider(name, p, self._policy)
+            for name, p in configured.items()
+        }
+        built: dict[str, LiveRoute] = {}
+        for name, route in routes.items():
+            previous = self.routes.get(name)
+            if (
+                previous is not None
+                and previous.config == route
+                and all(live.get(t.provider.name) is t.provider for g in previous.groups for t in g)
+            ):
+                built[name] = previous
+                continue
             targets = [
                 LiveTarget(
-                    self.providers[t.provider],
+                    live[t.provider],
                     t.model if t.model != name else "",
                     t.priority if t.priority is not None else i,
                     t.weight,
                 )
                 for i, t in enumerate(route.targets)
             ]
-            self.routes[name] = LiveRoute(name, targets, route.max_attempts, route.context_fallback)
-        # Per worker until lifespan sets a RedisBoard.
-        self.board: Board = LocalBoard()
-        self.default = self.providers[DEFAULT_PROVIDER]
-        self._default_route = LiveRoute(DEFAULT_PROVIDER, [LiveTarget(self.default, "", 0, 1.0)], settings.max_attempts)
+            built[name] = LiveRoute(name, targets, route.max_attempts, route.context_fallback, config=route)
+        default = live[DEFAULT_PROVIDER]
+        default_route = (
+            self._default_route
+            if getattr(self, "default", None) is default
+            else LiveRoute(DEFAULT_PROVIDER, [LiveTarget(default, "", 0, 1.0)], self._max_attempts)
+        )
         # `provider/model` routes, one per provider: the target's model is taken from the request.
-        self._direct = {
-            name: LiveRoute(name, [LiveTarget(p, "", 0, 1.0)], settings.max_attempts, direct=True)
-            for name, p in self.providers.items()
+        old_direct: dict[str, LiveRoute] = getattr(self, "_direct", {})
+        direct = {
+            name: old_direct[name]
+            if name in old_direct and old_direct[name].groups[0][0].provider is p
+            else LiveRoute(name, [LiveTarget(p, "", 0, 1.0)], self._max_attempts, direct=True)
+            for name, p in live.items()
         }
+        self.providers = live
+        self.routes = built
+        self.default = default
+        self._default_route = default_route
+        self._direct = direct
 
     def resolve(self, model: str) -> LiveRoute:
         route = self.routes.get(model)
