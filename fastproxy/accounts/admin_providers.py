@@ -17,7 +17,6 @@ import os
 import re
 import time
 from typing import Any
-from urllib.parse import unquote
 
 import msgspec
 
@@ -58,8 +57,8 @@ class Conflict(ProxyError):
 
 def _field_of(message: str) -> str | None:
     """The field a ConfigError names ("provider 'x': api_keys[0].key is empty" -> "api_keys[0].key")."""
-    m = re.match(r"^(?:provider|route) '[^']*': ([A-Za-z_][\w.\[\]]*)", message)
-    return m.group(1) if m else None
+    m = re.match(r"^(?:provider|route) '[^']*':? (?:invalid )?([A-Za-z_][\w.\[\]]*)", message)
+    return m.group(1) if m and m.group(1) not in ("a", "the") else None
 
 
 def _invalid(exc: ConfigError) -> InvalidRequest:
@@ -97,7 +96,8 @@ def _body(raw: bytes) -> dict[str, Any]:
 async def handle(state: State, store: Store, method: str, path: str, raw: bytes) -> tuple[int, Any]:
     parts = path.rstrip("/").split("/", 3)[2:]
     kind = RESOURCES[parts[0]]
-    name = unquote(parts[1]) if len(parts) == 2 else None
+    # The ASGI path is already percent-decoded: a route named `openai/gpt-4o` arrives whole in parts[1].
+    name = parts[1] if len(parts) == 2 else None
     allowed = ("GET", "POST") if name is None else ("DELETE", "GET", "PATCH")
     if method not in allowed:
         allow = ", ".join(sorted(allowed)).encode()
