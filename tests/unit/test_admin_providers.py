@@ -3,6 +3,7 @@ read-only, keys encrypted at rest and never shown, and the worker's router rebui
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -153,3 +154,17 @@ async def test_storing_keys_needs_secret_keys(tmp_path: Any) -> None:
         keyless = {"name": "local", "base_url": "http://127.0.0.1:9/v1"}
         assert (await client.post("/admin/providers", json=keyless)).status_code == 201
         assert "local" in state.router.providers
+
+
+async def test_without_redis_other_workers_reload_periodically(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    settings: dict[str, Any] = {"database_url": url, "secret_keys": SECRET_KEY, "providers_reload_interval": 0.1}
+    async with app_client(**settings) as (client_a, _), app_client(**settings) as (_, state_b):
+        client_a.headers.update(ADMIN)
+        assert (await client_a.post("/admin/providers", json=PROVIDER)).status_code == 201
+        assert "acme" not in state_b.router.providers  # no Redis: not announced
+        for _ in range(50):
+            if "acme" in state_b.router.providers:
+                break
+            await asyncio.sleep(0.02)
+        assert state_b.router.providers["acme"].keys[0].hint == "...wxyz"
