@@ -152,7 +152,8 @@ class _Entries:
 
     def __init__(self, state: State, store: Store) -> None:
         sync = state.provider_sync
-        assert sync is not None  # set whenever there is a store
+        if sync is None:  # lifespan sets it whenever there is a store
+            raise ServiceUnavailable("Providers and routes are not managed on this worker.")
         self._state = state
         self._store = store
         self._sync = sync

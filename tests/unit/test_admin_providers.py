@@ -13,6 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from fastproxy.core.providers import Provider, Route, Target
+from fastproxy.core.settings import Settings, SettingsError
 from fastproxy.server.state import State
 from tests.unit.appclient import ADMIN_KEY, app_client
 
@@ -168,3 +169,14 @@ async def test_without_redis_other_workers_reload_periodically(tmp_path: Any) ->
                 break
             await asyncio.sleep(0.02)
         assert state_b.router.providers["acme"].keys[0].hint == "...wxyz"
+    # A worker starting later loads the stored providers in lifespan, before its first request.
+    async with app_client(**{**settings, "providers_reload_interval": 3600}) as (_, state_c):
+        assert state_c.router.providers["acme"].keys[0].hint == "...wxyz"
+
+
+def test_secret_keys_setting_is_checked_and_masked() -> None:
+    with pytest.raises(SettingsError, match=r"secret_keys \(FASTPROXY_SECRET_KEYS\)"):
+        Settings(secret_keys="not-a-fernet-key")
+    other = Fernet.generate_key().decode()
+    masked = Settings(secret_keys=f"{SECRET_KEY},{other}").masked()["secret_keys"]
+    assert SECRET_KEY not in masked and other not in masked
