@@ -233,6 +233,9 @@ class _Entries:
             "type": config.type,
             "base_url": config.base_url,
             "api_version": config.api_version,
+            "anthropic_version": config.anthropic_version,
+            "anthropic_beta": config.anthropic_beta,
+            "default_max_tokens": config.default_max_tokens,
             # Header values may be credentials too (OpenAI-Organization, custom auth).
             "headers": {k: mask(v) for k, v in config.headers.items()},
             "first_token_timeout": config.first_token_timeout,

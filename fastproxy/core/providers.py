@@ -26,6 +26,7 @@ Weight = Annotated[float, msgspec.Meta(gt=0)]
 # A provider's name is also the prefix of `provider/model`, a metric label and part of Redis keys.
 PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PROVIDER = "default"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 FROM_ENV = "env:"
 
 
@@ -41,13 +42,21 @@ class ProviderKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    type: Literal["openai", "azure"] = "openai"
-    base_url: str
+    # openai: any OpenAI-compatible API; azure: Azure OpenAI's paths and api-key header; anthropic: the Messages
+    # API, with chat completions translated to it and back (fastproxy/translate).
+    type: Literal["openai", "azure", "anthropic"] = "openai"
+    # Required, except for anthropic (ANTHROPIC_BASE_URL when empty).
+    base_url: str = ""
     api_key: str = ""
     api_keys: list[ProviderKey] = msgspec.field(default_factory=list)
     # Azure OpenAI: the `api-version` query parameter.
     api_version: str = "2024-10-21"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # Anthropic: the `anthropic-version` header, and `anthropic-beta` when set (comma-separated features).
+    anthropic_version: str = "2023-06-01"
+    anthropic_beta: str = ""
+    # Anthropic requires max_tokens: a chat request that sets none gets this (None: the default_max_tokens setting).
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # Seconds to the first content delta of a stream, or to a non-streamed response; None: only read_timeout.
     first_token_timeout: Seconds | None = None
     # Longest silence inside a stream once its first content delta went to the client; None: read_timeout.
@@ -93,6 +102,10 @@ def resolve_provider(name: str, provider: Provider, environ: Mapping[str, str]) 
     where = f"provider {name!r}"
     if not PROVIDER_NAME.match(name):
         raise ConfigError(f"{where}: invalid name (letters, digits, '_', '.', '-'; at most 64)")
+    if not provider.base_url:
+        if provider.type != "anthropic":
+            raise ConfigError(f"{where}: base_url is required")
+        provider = msgspec.structs.replace(provider, base_url=ANTHROPIC_BASE_URL)
     if not re.match(r"^https?://[^/\s]+", provider.base_url):
         raise ConfigError(f"{where}: invalid base_url {provider.base_url!r}: expected an http:// or https:// URL")
     keys = [

@@ -12,6 +12,8 @@ STREAM_ERROR = (
     b'data: {"error": {"message": "mock stream error", "type": "server_error", "param": null, "code": null}}\n\n'
 )
 
+MALFORMED_EVENT = b'data: {"id": "chatcmpl-mock", "choices": [{"delta":\n\n'
+
 
 class Opts(msgspec.Struct):
     include_usage: bool | None = None

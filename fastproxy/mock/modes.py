@@ -32,8 +32,12 @@ class Mode(msgspec.Struct, frozen=True, kw_only=True):
     cut_after: int | None = None  # streams: K content events, then abort the connection
     stall_after: int | None = None  # streams: K content events, then silence until the client leaves
     error_event_after: int | None = None  # streams: K content events, an error event, a clean end
+    malformed_after: int | None = None  # streams: K content events, an event that is not JSON, a clean end
     fail_first: int | None = None  # the first K requests with this model string fail, later ones succeed
     ratelimit_remaining: int | None = None  # OpenAI's x-ratelimit-* headers on a success
+    # Anthropic's Messages: prompt tokens reported as read from / written to the prompt cache.
+    cache_read: int = 0
+    cache_creation: int = 0
 
     @property
     def error_status(self) -> int | None:
@@ -45,7 +49,7 @@ class Mode(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def stream_end(self) -> tuple[str, int] | None:
-        """How a stream ends early, if it does: ("cut" | "stall" | "error_event", K)."""
+        """How a stream ends early, if it does: ("cut" | "stall" | "error_event" | "malformed", K)."""
         for name in _STREAM_ENDS:
             value = getattr(self, name)
             if value is not None:
@@ -90,8 +94,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "error_event_after": _int,
     "fail_first": _int,
     "ratelimit_remaining": _int,
+    "malformed_after": _int,
+    "cache_read": _int,
+    "cache_creation": _int,
 }
-_STREAM_ENDS = ("cut_after", "stall_after", "error_event_after")
+_STREAM_ENDS = ("cut_after", "stall_after", "error_event_after", "malformed_after")
 
 
 def parse(text: str) -> dict[str, Any]:

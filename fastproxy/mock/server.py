@@ -2,7 +2,8 @@
 
 Deterministic output (fixed ids and timestamps) so a test can compare bytes through the proxy with
 bytes straight from here. Routes: `/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
-`/v1/embeddings`, `/v1/models[/ID]`, `/v1/audio/speech`, and Azure's
+`/v1/embeddings`, `/v1/models[/ID]`, `/v1/audio/speech`, Anthropic's `/v1/messages` and
+`/v1/messages/count_tokens` (fastproxy/mock/anthropic.py: its errors in Anthropic's format), and Azure's
 `/openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...` (the
 deployment is the model when the body names none); any other path echoes the request.
 
@@ -31,9 +32,11 @@ which beats the env. The response's `model` echoes the full model string. Direct
     fail_first=K         the first K requests with this exact model string fail with `status`
                          (default 500; 400 if only `code` is given); later ones drop status and code
     ratelimit_remaining=N  OpenAI's x-ratelimit-* headers (remaining N requests, N*100 tokens) on a success
+    malformed_after=K    streams: K content events, an event whose JSON is cut short, a clean end
+    cache_read=N, cache_creation=N  Anthropic's usage: prompt tokens read from / written to the prompt cache
 An unknown directive or a bad value is a 400 naming it. Stream directives do nothing to non-streamed
 requests. `MOCK_REJECT_KEYS` (comma-separated) answers 401 invalid_api_key to a request whose
-`Authorization: Bearer` or `api-key` header carries one of them, before any directive.
+`Authorization: Bearer`, `api-key` or `x-api-key` header carries one of them, before any directive.
 
 `GET /_mock/stats` counts requests, streams started, completed and cut off by the client, requests by
 credential (`auth`: the Authorization or api-key header value, `none` when absent) and by model string
@@ -53,7 +56,7 @@ from typing import Any
 import msgspec
 
 from fastproxy.core.types import Message, Receive, Scope, Send
-from fastproxy.mock import events
+from fastproxy.mock import anthropic, events
 from fastproxy.mock.modes import (
     Mode,
     ModeError,
@@ -68,7 +71,8 @@ from fastproxy.mock.modes import (
 JSON = [(b"content-type", b"application/json")]
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
-_MODEL_PATHS = (*_KINDS, "/v1/embeddings")
+_ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
+_MODEL_PATHS = (*_KINDS, "/v1/embeddings", *_ANTHROPIC)
 _AZURE = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)")
 _encode = events.encode
 
@@ -150,18 +154,19 @@ class MockUpstream:
             except msgspec.DecodeError as exc:
                 bad_body = str(exc)
         model = req.model if req else None
-        credential = headers.get("authorization") or headers.get("api-key") or "none"
+        credential = headers.get("authorization") or headers.get("api-key") or headers.get("x-api-key") or "none"
+        dialect = anthropic if path in _ANTHROPIC else None
         self.auth[credential] = self.auth.get(credential, 0) + 1
         if model is not None:
             self.models[model] = self.models.get(model, 0) + 1
         if rejected := self._rejected(headers):
             message = f"Incorrect API key provided: ...{rejected[-4:]}."
-            await _respond(send, 401, _encode(error_body(401, message=message)))
+            await _respond(send, 401, _encode(_error_body(dialect, 401, message=message)))
             return
         try:
             mode = merge(self.env_mode, headers.get("x-mock-mode"), split_model(model)[1] if model else None)
         except ModeError as exc:
-            await _respond(send, 400, _encode(error_body(400, message=str(exc))))
+            await _respond(send, 400, _encode(_error_body(dialect, 400, message=str(exc))))
             return
         if mode.first_token_ms and await _disconnected(receive, mode.first_token_ms / 1000):
             return
@@ -173,15 +178,17 @@ class MockUpstream:
         if "x-mock-status" in headers:
             status = int(headers["x-mock-status"])
             err = {"error": {"message": f"mock error {status}", "type": "mock_error", "param": None, "code": None}}
-            await _respond(send, status, _encode(err))
+            await _respond(send, status, _encode(err if dialect is None else anthropic.error_body(status)))
             return
         if failing := self._failing(mode, model or ""):
             headers_out = JSON + error_headers(mode, failing)
-            await _respond(send, failing, _encode(error_body(failing, mode.code)), headers_out)
+            await _respond(send, failing, _encode(_error_body(dialect, failing, mode.code)), headers_out)
             return
         if bad_body is not None:
-            err = {"error": {"message": bad_body, "type": "invalid_request_error", "param": None, "code": None}}
-            await _respond(send, 400, _encode(err))
+            await _respond(send, 400, _encode(_error_body(dialect, 400, message=bad_body)))
+            return
+        if dialect is not None:
+            await self._anthropic(path, body, headers, mode, receive, send)
             return
         if mode.ratelimit_remaining is not None:
             send = _adding_headers(send, ratelimit_headers(mode.ratelimit_remaining))
@@ -201,7 +208,11 @@ class MockUpstream:
         if not self.reject_keys:
             return None
         bearer = headers.get("authorization", "")
-        for key in (bearer[7:] if bearer[:7].lower() == "bearer " else None, headers.get("api-key")):
+        for key in (
+            bearer[7:] if bearer[:7].lower() == "bearer " else None,
+            headers.get("api-key"),
+            headers.get("x-api-key"),
+        ):
             if key is not None and key in self.reject_keys:
                 return key
         return None
@@ -261,11 +272,56 @@ class MockUpstream:
     async def _stream(
         self, kind: str, req: events.Req, chunks: int, delay: float, mode: Mode, receive: Receive, send: Send
     ) -> None:
-        self.stats["streams_started"] += 1
         stream = events.stream_events(kind, req, chunks)
         end = mode.stream_end
         if end is not None:
             stream = stream[: events.first_content(kind) + min(end[1], chunks)]
+        failure = events.STREAM_ERROR if end is None or end[0] != "malformed" else events.MALFORMED_EVENT
+        await self._send_stream(stream, end, failure, delay, receive, send)
+
+    async def _anthropic(
+        self, path: str, body: bytes, headers: dict[str, str], mode: Mode, receive: Receive, send: Send
+    ) -> None:
+        """Anthropic's Messages API (fastproxy/mock/anthropic.py); errors in its format."""
+        try:
+            req = anthropic.decode(body)
+            if path.endswith("/count_tokens"):
+                req.max_tokens = req.max_tokens or 1  # count_tokens takes no max_tokens
+            anthropic.check(req, headers)
+        except (msgspec.DecodeError, anthropic.BadRequest) as exc:
+            await _respond(send, 400, _encode(anthropic.error_body(400, str(exc))))
+            return
+        prompt = anthropic.input_tokens(body)
+        if path.endswith("/count_tokens"):
+            await _respond(send, 200, _encode(anthropic.count_tokens(body)))
+            return
+        chunks = int(headers.get("x-mock-chunks", self.chunks))
+        delay = float(headers.get("x-mock-delay-ms", self.delay_ms)) / 1000
+        ids = [(b"request-id", b"req_mock")]
+        if not req.stream:
+            answer = anthropic.complete(req, prompt, chunks, mode.cache_read, mode.cache_creation)
+            await _respond(send, 200, _encode(answer), JSON + ids)
+            return
+        stream, cuts = anthropic.stream_events(req, prompt, chunks, mode.cache_read, mode.cache_creation)
+        end = mode.stream_end
+        if end is not None:
+            kept = min(end[1], len(cuts))
+            stream = stream[: cuts[kept - 1] if kept else cuts[0] - 1]  # up to just after the K-th delta
+        failure = anthropic.MID_STREAM_ERROR if end is None or end[0] != "malformed" else anthropic.MALFORMED_EVENT
+        await self._send_stream(stream, end, failure, delay, receive, send, ids)
+
+    async def _send_stream(
+        self,
+        stream: list[bytes],
+        end: tuple[str, int] | None,
+        failure: bytes,
+        delay: float,
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Send the events; then, by the failure mode, a clean end, an abort, a stall, or `failure` and an end."""
+        self.stats["streams_started"] += 1
         disconnected = asyncio.Event()
 
         async def watch() -> None:
@@ -275,7 +331,7 @@ class MockUpstream:
 
         watcher = asyncio.ensure_future(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE + (extra or [])})
             for event in stream:
                 if delay:
                     await asyncio.sleep(delay)
@@ -291,12 +347,19 @@ class MockUpstream:
                 await disconnected.wait()
                 raise ConnectionError
             else:
-                await send({"type": "http.response.body", "body": events.STREAM_ERROR, "more_body": True})
+                await send({"type": "http.response.body", "body": failure, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
         except (ConnectionError, OSError, RuntimeError):
             self.stats["streams_disconnected"] += 1
         finally:
             watcher.cancel()
+
+
+def _error_body(dialect: object, status: int, code: str | None = None, message: str | None = None) -> dict[str, Any]:
+    """The error body in the dialect of the path: OpenAI's, or Anthropic's on /v1/messages."""
+    if dialect is anthropic:
+        return anthropic.error_body(status, message)
+    return error_body(status, code, message)
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:

@@ -69,6 +69,8 @@ class Catalog:
         provider = self._router.providers[name]
         if provider.type == "azure":
             url = f"{provider.base_url}/openai/models?api-version={provider.api_version}"
+        elif provider.type == "anthropic":
+            url = provider.base_url + "/v1/models"
         else:
             url = provider.base_url + "/models"
         try:

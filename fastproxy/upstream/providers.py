@@ -117,10 +117,12 @@ class LiveProvider:
         "base_headers",
         "base_url",
         "config",
+        "default_max_tokens",
         "first_token_timeout",
         "keys",
         "name",
         "stream_idle_timeout",
+        "translates",
         "type",
     )
 
@@ -129,11 +131,22 @@ class LiveProvider:
         # What it was built from (a rebuild keeps a provider whose config did not change, with its state).
         self.config = config
         self.type = config.type
+        # Chat completions sent here are translated to another wire format (Anthropic's Messages) and back;
+        # decided once here, so an attempt at an OpenAI-compatible provider pays one attribute read.
+        self.translates = config.type == "anthropic"
         self.base_url = config.base_url.rstrip("/")
         self.api_version = config.api_version
+        self.default_max_tokens = config.default_max_tokens
         self.first_token_timeout = config.first_token_timeout
         self.stream_idle_timeout = config.stream_idle_timeout
-        self.base_headers: tuple[tuple[str, str], ...] = tuple((k.lower(), v) for k, v in config.headers.items())
+        headers = [(k.lower(), v) for k, v in config.headers.items()]
+        if self.translates:
+            # Anthropic's base URL has no /v1 (its SDKs add it); accept one given anyway.
+            self.base_url = self.base_url.removesuffix("/v1")
+            headers.append(("anthropic-version", config.anthropic_version))
+            if config.anthropic_beta:
+                headers.append(("anthropic-beta", config.anthropic_beta))
+        self.base_headers: tuple[tuple[str, str], ...] = tuple(headers)
         # A provider without keys (a local vLLM or Ollama) still has one, empty: it sends no credentials.
         keys = config.all_keys() or [ProviderKey(key="", id="0")]
         self.keys = [LiveKey(self, k.id, k.key, k.weight, policy) for k in keys]
@@ -143,6 +156,8 @@ class LiveProvider:
             return ()
         if self.type == "azure":
             return (("api-key", secret),)
+        if self.type == "anthropic":
+            return (("x-api-key", secret),)
         return (("authorization", "Bearer " + secret),)
 
     def url(self, tail: str, model: str, query: str) -> str:
@@ -150,6 +165,11 @@ class LiveProvider:
         if self.type == "azure":
             url = f"{self.base_url}/openai/deployments/{quote(model, safe='')}{tail}?api-version={self.api_version}"
             return url + "&" + query if query else url
+        if self.type == "anthropic":
+            # Chat completions become Messages; Anthropic's own paths (/messages, /messages/count_tokens,
+            # /models) keep theirs.
+            url = self.base_url + "/v1" + ("/messages" if tail == "/chat/completions" else tail)
+            return url + "?" + query if query else url
         url = self.base_url + tail
         return url + "?" + query if query else url
 

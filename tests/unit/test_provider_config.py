@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy.core.providers import Provider
 from fastproxy.core.settings import SettingsError, load_settings
+from fastproxy.upstream.breaker import BreakerPolicy
+from fastproxy.upstream.providers import LiveProvider
 
 GOOD_PROVIDER = {"base_url": "http://a.test/v1", "api_keys": [{"key": "env:KEY_A", "weight": 3}]}
 
@@ -29,6 +32,7 @@ def _load(providers: object, routes: object, **env: str) -> None:
         ({"default": {"base_url": "http://a"}}, {}, "provider 'default': the name is taken"),
         ({"a b": {"base_url": "http://a"}}, {}, "provider 'a b': invalid name"),
         ({"a": {"base_url": "http://a", "weight": 1}}, {}, "provider 'a': "),
+        ({"a": {"api_key": "k"}}, {}, "provider 'a': base_url is required"),
         ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a", "weight": 0}]}}, "route 'm': targets[0].weight"),
         ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a"}], "context_fallback": "m"}}, "itself"),
     ],
@@ -78,3 +82,33 @@ def test_serve_refuses_to_start_with_one_line(tmp_path: Path) -> None:
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "route 'm': targets[0].provider: unknown provider 'ghost'" in lines[0], done.stderr
+
+
+def test_anthropic_provider_defaults_its_url_and_sends_its_headers() -> None:
+    settings = load_settings(
+        environ={
+            "FASTPROXY_PROVIDERS": json.dumps(
+                {
+                    "claude": {"type": "anthropic", "api_key": "env:ANT_KEY", "anthropic_beta": "tools-2024"},
+                    "own": {"type": "anthropic", "base_url": "http://127.0.0.1:9/v1/", "default_max_tokens": 64},
+                }
+            ),
+            "ANT_KEY": "sk-ant-000000000001",
+        }
+    )
+    policy = BreakerPolicy()
+    claude = LiveProvider("claude", settings.providers["claude"], policy)
+    assert claude.translates and claude.base_url == "https://api.anthropic.com"
+    assert claude.url("/chat/completions", "claude-x", "") == "https://api.anthropic.com/v1/messages"
+    assert claude.url("/messages/count_tokens", "claude-x", "") == "https://api.anthropic.com/v1/messages/count_tokens"
+    headers = dict(claude.keys[0].headers)
+    assert headers == {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "tools-2024",
+        "x-api-key": "sk-ant-000000000001",
+    }
+    own = LiveProvider("own", settings.providers["own"], policy)
+    assert own.url("/chat/completions", "m", "") == "http://127.0.0.1:9/v1/messages"
+    assert own.default_max_tokens == 64 and "anthropic-beta" not in dict(own.keys[0].headers)
+    openai = LiveProvider("o", Provider(base_url="http://o/v1"), policy)
+    assert not openai.translates and openai.url("/chat/completions", "m", "") == "http://o/v1/chat/completions"
