@@ -132,7 +132,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
                     out.tee = lookup if lookup.tees else None
                 work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
                                 extra, out)  # fmt: skip
-        elif state.catalog is not None and endpoint.name == "models":
+        elif endpoint.name == "models" and state.catalog is not None and state.router.configured:
             work = serve_models(state.catalog, scope["method"], tail, send, request_id, admission.headers, out)
         else:
             forward.extend(state.upstream_headers)

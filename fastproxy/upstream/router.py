@@ -19,7 +19,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fastproxy.core.providers import DEFAULT_PROVIDER, Provider, Route
 from fastproxy.core.settings import Settings
@@ -224,6 +224,8 @@ class Router:
         self.board: Board = LocalBoard()
         self.providers: dict[str, LiveProvider] = {}
         self.routes: dict[str, LiveRoute] = {}
+        # Called after every rebuild (the /v1/models catalog re-renders); plain functions, no await.
+        self.listeners: list[Callable[[], None]] = []
         self.rebuild(settings.providers, settings.routes)
 
     def rebuild(self, providers: Mapping[str, Provider], routes: Mapping[str, Route]) -> None:
@@ -279,6 +281,13 @@ class Router:
         self.default = default
         self._default_route = default_route
         self._direct = direct
+        for listener in self.listeners:
+            listener()
+
+    @property
+    def configured(self) -> bool:
+        """Providers or routes besides `default` exist (then /v1/models is fastproxy's own list)."""
+        return bool(self.routes) or len(self.providers) > 1
 
     def resolve(self, model: str) -> LiveRoute:
         route = self.routes.get(model)
