@@ -48,6 +48,7 @@ from fastproxy.core.schemas import Limits, json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
 from fastproxy.store import Store, StoreConflict, StoreError
+from fastproxy.upstream.router import Router
 from fastproxy.usage import api as usage_api
 
 log = logging.getLogger("fastproxy.admin")
@@ -72,7 +73,7 @@ class Conflict(ProxyError):
 class _Call:
     """One admin request, resolved: what the operation functions below need."""
 
-    __slots__ = ("body", "ident", "invalidator", "limiter", "query", "store")
+    __slots__ = ("body", "ident", "invalidator", "limiter", "query", "router", "store")
 
     def __init__(
         self,
@@ -82,7 +83,9 @@ class _Call:
         ident: str,
         query: dict[str, list[str]],
         body: bytes,
+        router: Router,
     ):
+        self.router = router
         self.store = store
         self.invalidator = invalidator
         self.limiter = limiter
@@ -118,7 +121,7 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
         body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
         query = parse_qs(scope["query_string"].decode("latin-1"))
-        call = _Call(state.store, state.invalidator, state.limiter, ident, query, body)
+        call = _Call(state.store, state.invalidator, state.limiter, ident, query, body, state.router)
         status, result = await operation(call)
     except StoreConflict:
         await send_error(send, Conflict("Another user already has this email (compared ignoring case).", param="email"))
@@ -208,6 +211,15 @@ def _check_limits(limits: object, param: str = "limits") -> None:
                 )
 
 
+def _check_upstream_key(router: Router, value: object) -> None:
+    """A pin must name a key some provider holds (checked here, once: a typo would fail every request)."""
+    if isinstance(value, str) and not any(k.id == value for p in router.providers.values() for k in p.keys):
+        raise InvalidRequest(
+            f"Invalid 'upstream_key': no provider has a key with id '{value}' (see GET /admin/providers).",
+            param="upstream_key",
+        )
+
+
 def _page(query: dict[str, list[str]]) -> tuple[int, str | None]:
     raw = query.get("limit", [str(DEFAULT_PAGE)])[-1]
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
@@ -238,7 +250,8 @@ async def _user_or_404(call: _Call, user_id: str) -> Any:
 async def create_user(call: _Call) -> tuple[int, Any]:
     body: UserCreate = _decode(user_create_decoder, call.body)
     _check_limits(body.limits)
-    user = await provisioning.create_user(call.store, body.name, body.email, body.limits)
+    _check_upstream_key(call.router, body.upstream_key)
+    user = await provisioning.create_user(call.store, body.name, body.email, body.limits, body.upstream_key)
     log.info("admin: user %s created", user.id)
     return 201, user
 
@@ -255,6 +268,7 @@ async def get_user(call: _Call) -> tuple[int, Any]:
 async def patch_user(call: _Call) -> tuple[int, Any]:
     body: UserPatch = _decode(user_patch_decoder, call.body)
     _check_limits(body.limits)
+    _check_upstream_key(call.router, body.upstream_key)
     user = await call.store.update_user(call.ident, changes(body))
     if user is None:
         raise NotFound(f"No user with id '{call.ident}'.")
@@ -276,12 +290,20 @@ async def delete_user(call: _Call) -> tuple[int, Any]:
 async def create_key(call: _Call) -> tuple[int, Any]:
     body: KeyCreate = _decode(key_create_decoder, call.body)
     _check_limits(body.limits)
+    _check_upstream_key(call.router, body.upstream_key)
     if body.user_id is not None:
         user = await _user_or_404(call, body.user_id)
         if user.disabled:
             raise InvalidRequest(f"User '{body.user_id}' is disabled.", param="user_id")
     created = await provisioning.create_key(
-        call.store, body.name, body.user_id, body.allowed_models, body.expires_at, body.limits, body.cache
+        call.store,
+        body.name,
+        body.user_id,
+        body.allowed_models,
+        body.expires_at,
+        body.limits,
+        body.cache,
+        body.upstream_key,
     )
     log.info("admin: key %s created (ending in %s)", created.id, created.key_hint)
     return 201, created
@@ -303,6 +325,7 @@ async def get_key(call: _Call) -> tuple[int, Any]:
 async def patch_key(call: _Call) -> tuple[int, Any]:
     body: KeyPatch = _decode(key_patch_decoder, call.body)
     _check_limits(body.limits)
+    _check_upstream_key(call.router, body.upstream_key)
     key = await call.store.update_key(call.ident, changes(body))
     if key is None:
         raise NotFound(f"No API key with id '{call.ident}'.")

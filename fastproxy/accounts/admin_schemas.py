@@ -16,18 +16,22 @@ Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 UnixTime = Annotated[int, msgspec.Meta(ge=0, le=32503680000)]
+# The id of a provider key (`id` in a provider's api_keys): requests are served with that key only.
+UpstreamKey = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     email: Email | None = None
     limits: Limits | None = None
+    upstream_key: UpstreamKey | None = None
 
 
 class UserPatch(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | UnsetType = UNSET
     email: Email | UnsetType | None = UNSET
     limits: Limits | UnsetType | None = UNSET
+    upstream_key: UpstreamKey | UnsetType | None = UNSET
     # false re-enables a user; its keys revoked by DELETE stay revoked.
     disabled: bool | UnsetType = UNSET
 
@@ -40,6 +44,7 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     limits: Limits | None = None
     # The key's response-cache settings: {"enabled": bool, "scope": "key" | "user" | "global"}.
     cache: KeyCache | None = None
+    upstream_key: UpstreamKey | None = None
 
 
 class KeyPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,6 +53,7 @@ class KeyPatch(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: UnixTime | UnsetType | None = UNSET
     limits: Limits | UnsetType | None = UNSET
     cache: KeyCache | UnsetType | None = UNSET
+    upstream_key: UpstreamKey | UnsetType | None = UNSET
 
 
 class KeyCreated(ApiKey, kw_only=True):

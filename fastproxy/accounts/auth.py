@@ -193,6 +193,7 @@ def principal_of(key: ApiKey, user: User | None) -> Principal:
         user_limits=user.limits if user else None,
         allowed_models=frozenset(key.allowed_models) if key.allowed_models is not None else None,
         cache=key.cache,
+        upstream_key=key.upstream_key or (user.upstream_key if user else None),
     )
 
 

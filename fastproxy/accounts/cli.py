@@ -73,7 +73,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_users_create(args: argparse.Namespace) -> None:
     async def job(store: Store, settings: Settings) -> None:
         await store.migrate()
-        user = await provisioning.create_user(store, args.name, args.email, _limits(args))
+        user = await provisioning.create_user(store, args.name, args.email, _limits(args), args.upstream_key)
         print(user.id)
 
     _run(job)
@@ -137,7 +137,9 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
             raise CommandError(f"no user with id {args.user}")
         expires = int(time.time() + args.expires_in_days * 86400) if args.expires_in_days else None
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        created = await provisioning.create_key(store, args.name, args.user, models, expires, _limits(args))
+        created = await provisioning.create_key(
+            store, args.name, args.user, models, expires, _limits(args), upstream_key=args.upstream_key
+        )
         print(f"id:  {created.id}")
         print(f"key: {created.key}")
         print("Store the key now: it is shown only this once.")
@@ -191,6 +193,9 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> None:
     _run(job)
 
 
+_PIN_HELP = "serve requests only with the provider key of this id (its `id` in a provider's api_keys)"
+
+
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("rpm", "tpm", "rpd", "tpd", "max_tokens_total"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
@@ -205,6 +210,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create = users.add_parser("create", help="create a user and print its id")
     create.add_argument("--name", required=True)
     create.add_argument("--email")
+    create.add_argument("--upstream-key", dest="upstream_key", help=_PIN_HELP)
     _limit_flags(create)
     create.set_defaults(func=cmd_users_create)
     users.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
@@ -224,6 +230,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     kcreate.add_argument("--user", help="user id the key belongs to")
     kcreate.add_argument("--models", help="comma-separated models the key may use (default: all)")
     kcreate.add_argument("--expires-in-days", dest="expires_in_days", type=float)
+    kcreate.add_argument("--upstream-key", dest="upstream_key", help=_PIN_HELP)
     _limit_flags(kcreate)
     kcreate.set_defaults(func=cmd_keys_create)
     klist = keys.add_parser("list", help="list API keys (never the keys themselves)")

@@ -10,8 +10,11 @@ from fastproxy.core.schemas import KeyCache, Limits
 from fastproxy.store import ApiKey, Store, User, new_id
 
 
-async def create_user(store: Store, name: str, email: str | None = None, limits: Limits | None = None) -> User:
-    user = User(id=new_id("user_"), name=name, email=email, created_at=int(time.time()), limits=limits)
+async def create_user(
+    store: Store, name: str, email: str | None = None, limits: Limits | None = None, upstream_key: str | None = None
+) -> User:
+    now = int(time.time())
+    user = User(id=new_id("user_"), name=name, email=email, created_at=now, limits=limits, upstream_key=upstream_key)
     await store.create_user(user)
     return user
 
@@ -24,6 +27,7 @@ async def create_key(
     expires_at: int | None = None,
     limits: Limits | None = None,
     cache: KeyCache | None = None,
+    upstream_key: str | None = None,
 ) -> KeyCreated:
     """Generate a key and store its hash; the returned object is the only place the key ever appears."""
     secret = keys.generate_key()
@@ -38,6 +42,7 @@ async def create_key(
         allowed_models=allowed_models,
         limits=limits,
         cache=cache,
+        upstream_key=upstream_key,
     )
     await store.create_key(record, keys.hash_key(secret))
     fields = {name: getattr(record, name) for name in record.__struct_fields__}

@@ -149,6 +149,8 @@ class Principal(msgspec.Struct, frozen=True, gc=False):
     # None means every model is allowed.
     allowed_models: frozenset[str] | None = None
     cache: KeyCache | None = None
+    # Served only with the provider key of this id (the key's pin, else its user's); None: the pool.
+    upstream_key: str | None = None
 
 
 ANONYMOUS = Principal()

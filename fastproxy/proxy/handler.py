@@ -121,7 +121,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
         if out.model is not None:
             # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
-            plan = state.router.plan(route or state.router.resolve(out.model), out.model)
+            plan = state.router.plan(route or state.router.resolve(out.model), out.model, principal.upstream_key)
             if lookup is not None and lookup.answers:  # cache hook 2: a hit, or an identical request in flight
                 work = _cached(state, lookup, plan, scope["method"], tail, query, forward, body, send, request_id,
                                admission.headers, out)  # fmt: skip
@@ -132,7 +132,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
                     out.tee = lookup if lookup.tees else None
                 work = run_plan(state, plan, scope["method"], tail, query, forward, body, send, request_id,
                                 extra, out)  # fmt: skip
-        elif state.catalog is not None and endpoint.name == "models":
+        elif endpoint.name == "models" and state.catalog is not None and state.router.configured:
             work = serve_models(state.catalog, scope["method"], tail, send, request_id, admission.headers, out)
         else:
             forward.extend(state.upstream_headers)

@@ -101,10 +101,9 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 stack.push_async_callback(provider_sync.stop)
             if metrics is not None:
                 metrics.breaker_counts = router.open_breakers
-            catalog = None
-            if settings.providers or settings.routes:
-                catalog = Catalog(router, upstream)
-                _own_task(stack, catalog.run())
+            # Idle (nothing fetched) until providers or routes exist, from the config or the admin API.
+            catalog = Catalog(router, upstream)
+            _own_task(stack, catalog.run())
             headers = (("authorization", "Bearer " + settings.upstream_api_key),) if settings.upstream_api_key else ()
             base_url = settings.upstream_url.rstrip("/")
             readiness["upstream"] = upstream_check(upstream, base_url, headers)

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 # Called with the text of every statement sent to the database (tests count queries with it).
 QueryHook = Callable[[str], None]
 
-USER_FIELDS = frozenset({"name", "email", "limits", "disabled"})
-KEY_FIELDS = frozenset({"name", "limits", "allowed_models", "expires_at", "cache"})
+USER_FIELDS = frozenset({"name", "email", "limits", "disabled", "upstream_key"})
+KEY_FIELDS = frozenset({"name", "limits", "allowed_models", "expires_at", "cache", "upstream_key"})
 
 
 class StoreError(Exception):
@@ -49,6 +49,8 @@ class User(msgspec.Struct, kw_only=True):
     created_at: int
     disabled: bool = False
     limits: Limits | None = None
+    # The id of the provider key this user's requests are served with (migration 0007); None: the pool.
+    upstream_key: str | None = None
 
 
 class ApiKey(msgspec.Struct, kw_only=True):
@@ -69,6 +71,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     limits: Limits | None = None
     # Response-cache settings of this key (migration 0005); None: the global ones.
     cache: KeyCache | None = None
+    # The id of the provider key this key's requests are served with, over its user's (migration 0007).
+    upstream_key: str | None = None
 
 
 class KeyGrant(msgspec.Struct, frozen=True):

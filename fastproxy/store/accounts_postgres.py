@@ -20,7 +20,7 @@ from fastproxy.store import (
     encode_models,
 )
 
-_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
+_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits, u.upstream_key"
 
 
 def _user(row: Mapping[str, Any]) -> User:
@@ -31,6 +31,7 @@ def _user(row: Mapping[str, Any]) -> User:
         created_at=int(row["created_at"].timestamp()),
         disabled=row["disabled"],
         limits=decode_limits(row["limits"]),
+        upstream_key=row["upstream_key"],
     )
 
 

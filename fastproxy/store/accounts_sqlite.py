@@ -21,7 +21,7 @@ from fastproxy.store import (
     encode_models,
 )
 
-_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
+_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits, u.upstream_key"
 
 
 def _user(row: Any) -> User:
@@ -32,6 +32,7 @@ def _user(row: Any) -> User:
         created_at=int(row[3]),
         disabled=bool(row[4]),
         limits=decode_limits(row[5]),
+        upstream_key=row[6],
     )
 
 
@@ -64,7 +65,7 @@ class SqliteAccounts:
 
     async def find_login(self, email: str) -> Login | None:
         row = await self._one(f"SELECT {_COLS}, u.password_hash FROM users u WHERE lower(u.email) = lower(?)", email)
-        return Login(_user(row), row[6]) if row else None
+        return Login(_user(row), row[7]) if row else None
 
     async def find_wallet_user(self, wallet_address: str) -> User | None:
         row = await self._one(f"SELECT {_COLS} FROM users u WHERE u.wallet_address = ?", wallet_address)
@@ -76,7 +77,7 @@ class SqliteAccounts:
         )
         if row is None:
             return None
-        return Account(user=_user(row), wallet_address=row[6], allowed_models=decode_models(row[7]))
+        return Account(user=_user(row), wallet_address=row[7], allowed_models=decode_models(row[8]))
 
     async def _update_user(self, sql: str, *args: Any) -> bool:
         async with self._errors():

@@ -32,10 +32,10 @@ from fastproxy.store.usage_postgres import PostgresUsage
 
 # One lock id for every fastproxy instance migrating the same database.
 _MIGRATION_LOCK = zlib.crc32(b"fastproxy.schema_migrations")
-_USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
+_USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits, u.upstream_key"
 _KEY_COLS = (
     "k.id, k.user_id, k.name, k.key_prefix, k.key_hint, k.created_at, k.last_used_at, k.expires_at,"
-    " k.revoked_at, k.allowed_models, k.limits, k.cache"
+    " k.revoked_at, k.allowed_models, k.limits, k.cache, k.upstream_key"
 )
 _JSON = {"limits", "allowed_models", "cache"}
 _TIME = {"expires_at"}
@@ -57,6 +57,7 @@ def _user(row: Mapping[str, Any], prefix: str = "") -> User:
         created_at=int(row[prefix + "created_at"].timestamp()),
         disabled=row[prefix + "disabled"],
         limits=decode_limits(row[prefix + "limits"]),
+        upstream_key=row[prefix + "upstream_key"],
     )
 
 
@@ -74,6 +75,7 @@ def _key(row: Mapping[str, Any]) -> ApiKey:
         allowed_models=decode_models(row["allowed_models"]),
         limits=decode_limits(row["limits"]),
         cache=decode_cache(row["cache"]),
+        upstream_key=row["upstream_key"],
     )
 
 
@@ -161,14 +163,15 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
     async def create_user(self, user: User) -> None:
         async with self._conn() as conn:
             await conn.execute(
-                "INSERT INTO users (id, name, email, created_at, disabled, limits)"
-                " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                "INSERT INTO users (id, name, email, created_at, disabled, limits, upstream_key)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
                 user.id,
                 user.name,
                 user.email,
                 _dt(user.created_at),
                 user.disabled,
                 encode_limits(user.limits),
+                user.upstream_key,
             )
 
     async def get_user(self, user_id: str) -> User | None:
@@ -214,8 +217,8 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
         async with self._conn() as conn:
             await conn.execute(
                 "INSERT INTO api_keys (id, user_id, name, key_prefix, key_hint, key_hash, created_at, expires_at,"
-                " allowed_models, limits, cache)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::jsonb)",
+                " allowed_models, limits, cache, upstream_key)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::jsonb, $12)",
                 key.id,
                 key.user_id,
                 key.name,
@@ -227,6 +230,7 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
                 encode_models(key.allowed_models),
                 encode_limits(key.limits),
                 encode_cache(key.cache),
+                key.upstream_key,
             )
 
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -268,7 +272,8 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_KEY_COLS}, k.key_hash, u.id AS u_id, u.name AS u_name, u.email AS u_email,"
-                " u.created_at AS u_created_at, u.disabled AS u_disabled, u.limits AS u_limits"
+                " u.created_at AS u_created_at, u.disabled AS u_disabled, u.limits AS u_limits,"
+                " u.upstream_key AS u_upstream_key"
                 " FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
                 key_hash,
             )

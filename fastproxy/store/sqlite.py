@@ -36,10 +36,10 @@ from fastproxy.store.accounts_sqlite import SqliteAccounts
 from fastproxy.store.usage_sqlite import SqliteUsage
 
 _BUSY_TIMEOUT_S = 30.0
-_USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits"
+_USER_COLS = "u.id, u.name, u.email, u.created_at, u.disabled, u.limits, u.upstream_key"
 _KEY_COLS = (
     "k.id, k.user_id, k.name, k.key_prefix, k.key_hint, k.created_at, k.last_used_at, k.expires_at,"
-    " k.revoked_at, k.allowed_models, k.limits, k.cache"
+    " k.revoked_at, k.allowed_models, k.limits, k.cache, k.upstream_key"
 )
 
 
@@ -55,6 +55,7 @@ def _user(row: sqlite3.Row | tuple[Any, ...], at: int = 0) -> User:
         created_at=int(row[at + 3]),
         disabled=bool(row[at + 4]),
         limits=decode_limits(row[at + 5]),
+        upstream_key=row[at + 6],
     )
 
 
@@ -72,6 +73,7 @@ def _key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
         allowed_models=decode_models(row[9]),
         limits=decode_limits(row[10]),
         cache=decode_cache(row[11]),
+        upstream_key=row[12],
     )
 
 
@@ -198,8 +200,17 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
     async def create_user(self, user: User) -> None:
         async with self._errors():
             await self._db.execute(
-                "INSERT INTO users (id, name, email, created_at, disabled, limits) VALUES (?, ?, ?, ?, ?, ?)",
-                (user.id, user.name, user.email, user.created_at, int(user.disabled), encode_limits(user.limits)),
+                "INSERT INTO users (id, name, email, created_at, disabled, limits, upstream_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.id,
+                    user.name,
+                    user.email,
+                    user.created_at,
+                    int(user.disabled),
+                    encode_limits(user.limits),
+                    user.upstream_key,
+                ),
             )
 
     async def get_user(self, user_id: str) -> User | None:
@@ -243,7 +254,7 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
         async with self._errors():
             await self._db.execute(
                 "INSERT INTO api_keys (id, user_id, name, key_prefix, key_hint, key_hash, created_at, expires_at,"
-                " allowed_models, limits, cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " allowed_models, limits, cache, upstream_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.user_id,
@@ -256,6 +267,7 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
                     encode_models(key.allowed_models),
                     encode_limits(key.limits),
                     encode_cache(key.cache),
+                    key.upstream_key,
                 ),
             )
 
@@ -297,8 +309,8 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
         )
         if row is None:
             return None
-        user = _user(row, 13) if row[13] is not None else None
-        return KeyGrant(key=_key(row), key_hash=row[12], user=user)
+        user = _user(row, 14) if row[14] is not None else None
+        return KeyGrant(key=_key(row), key_hash=row[13], user=user)
 
     async def touch_keys(self, used: Mapping[str, int]) -> None:
         if not used:

@@ -2,11 +2,17 @@
 each provider's own models (from its /models, fetched at startup and refreshed in the background; a
 provider that fails is skipped and logged, and never breaks the list). The default provider's models
 keep their plain ids; another provider's are listed as `provider/model`, the name that addresses them.
+
+Providers and routes changed through the admin API show at once: the router calls `changed` after every
+rebuild, which re-renders the list (routes added or gone) and wakes the refresher to fetch the models
+of providers it has not listed yet. While only the default provider exists, nothing is fetched: its
+own /models answer is passed through, as it always was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -14,6 +20,7 @@ import msgspec
 
 from fastproxy.core.schemas import json_encoder
 from fastproxy.upstream import Upstream
+from fastproxy.upstream.providers import LiveProvider
 from fastproxy.upstream.router import Router
 
 log = logging.getLogger("fastproxy.upstream")
@@ -39,34 +46,49 @@ class Catalog:
         self._router = router
         self._upstream = upstream
         self._interval = refresh_interval
-        self._fetched: dict[str, list[str]] = {}
+        # Provider name -> (the live provider listed, its models): a provider rebuilt with another config
+        # is listed again.
+        self._fetched: dict[str, tuple[LiveProvider, list[str]]] = {}
+        self._wake = asyncio.Event()
         self.listing = b""
         self.items: dict[str, bytes] = {}
         self._render()
+        router.listeners.append(self.changed)
+
+    def changed(self) -> None:
+        """The router was rebuilt: drop what removed providers listed, show the routes as they are now."""
+        live = self._router.providers
+        self._fetched = {name: got for name, got in self._fetched.items() if live.get(name) is got[0]}
+        self._render()
+        if any(name not in self._fetched for name in live):
+            self._wake.set()
 
     def _render(self) -> None:
         created = int(time.time())
         entries: dict[str, dict[str, object]] = {}
         for name in self._router.routes:
             entries[name] = {"id": name, "object": "model", "created": created, "owned_by": "fastproxy"}
-        for provider, models in self._fetched.items():
+        for provider, (_, models) in self._fetched.items():
             for model in models:
                 ident = model if provider == self._router.default.name else f"{provider}/{model}"
                 entries.setdefault(ident, {"id": ident, "object": "model", "created": created, "owned_by": provider})
         self.items = {ident: json_encoder.encode(doc) for ident, doc in entries.items()}
         self.listing = json_encoder.encode({"object": "list", "data": list(entries.values())})
 
-    async def refresh(self) -> None:
-        """Fetch every provider's models (concurrently, each bounded); keep the last good list of a failing one."""
-        names = list(self._router.providers)
-        results = await asyncio.gather(*(self._fetch(name) for name in names))
-        for name, models in zip(names, results, strict=True):
-            if models is not None:
-                self._fetched[name] = models
+    async def refresh(self, missing_only: bool = False) -> None:
+        """Fetch every provider's models (concurrently, each bounded); keep the last good list of a failing one.
+        `missing_only`: only the providers not listed yet (after an admin change)."""
+        providers = [p for p in self._router.providers.values() if not (missing_only and p.name in self._fetched)]
+        results = await asyncio.gather(*(self._fetch(provider) for provider in providers))
+        live = self._router.providers
+        for provider, models in zip(providers, results, strict=True):
+            # Not if the admin API removed or changed the provider while it was being asked.
+            if models is not None and live.get(provider.name) is provider:
+                self._fetched[provider.name] = (provider, models)
         self._render()
 
-    async def _fetch(self, name: str) -> list[str] | None:
-        provider = self._router.providers[name]
+    async def _fetch(self, provider: LiveProvider) -> list[str] | None:
+        name = provider.name
         if provider.type == "azure":
             url = f"{provider.base_url}/openai/models?api-version={provider.api_version}"
         elif provider.type == "anthropic":
@@ -90,7 +112,15 @@ class Catalog:
             return None
 
     async def run(self) -> None:
-        """Refresh until cancelled (owned by lifespan)."""
+        """Refresh every interval, and at once when the router gains a provider, until cancelled (owned by
+        lifespan). Nothing is fetched while the router has only its default provider and no route."""
+        woken = False
         while True:
-            await self.refresh()
-            await asyncio.sleep(self._interval)
+            if self._router.configured:
+                await self.refresh(missing_only=woken)
+            self._wake.clear()
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+                    woken = True

@@ -119,6 +119,7 @@ class LiveProvider:
         "config",
         "default_max_tokens",
         "first_token_timeout",
+        "key_ids",
         "keys",
         "name",
         "stream_idle_timeout",
@@ -150,6 +151,7 @@ class LiveProvider:
         # A provider without keys (a local vLLM or Ollama) still has one, empty: it sends no credentials.
         keys = config.all_keys() or [ProviderKey(key="", id="0")]
         self.keys = [LiveKey(self, k.id, k.key, k.weight, policy) for k in keys]
+        self.key_ids = frozenset(k.id for k in keys)
 
     def auth_headers(self, secret: str) -> tuple[tuple[str, str], ...]:
         if not secret:

@@ -19,8 +19,9 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from fastproxy.core.errors import PermissionDenied
 from fastproxy.core.providers import DEFAULT_PROVIDER, Provider, Route
 from fastproxy.core.settings import Settings
 from fastproxy.upstream.board import Board, LocalBoard, wall_to_monotonic
@@ -142,9 +143,12 @@ class Plan:
         return self.model
 
     def first(self, now: float) -> tuple[LiveTarget, LiveKey]:
+        """The first attempt. Raises PinnedKeyUnavailable when the caller is pinned to a key that no target
+        of the route holds (serving it with another account's key would bill the wrong account)."""
         groups = self._route.groups
         # One target, the usual case: nothing to choose.
-        target = groups[0][0] if len(groups) == 1 and len(groups[0]) == 1 else self._pick_target(now)
+        single = len(groups) == 1 and len(groups[0]) == 1 and self._pinned is None
+        target = groups[0][0] if single else self._pick_target(now)
         return self._with_key(target, now)
 
     def next(self, failure: Failure, now: float) -> tuple[LiveTarget, LiveKey] | None:
@@ -160,7 +164,10 @@ class Plan:
             self._route = self._router.resolve(fallback)
             self._tried_targets.clear()
             self._tried_keys.clear()
-            return self._with_key(self._pick_target(now), now)
+            try:
+                return self._with_key(self._pick_target(now), now)
+            except PinnedKeyUnavailable:
+                return None  # the context error itself goes back to the client
         if failure is Failure.KEY:
             others = [k for k in target.provider.keys if k not in self._tried_keys and k.available(now)]
             if others and self._pinned is None:
@@ -175,11 +182,25 @@ class Plan:
         route = self._route
         groups = route.groups
         tried = self._tried_targets
+        pinned = self._pinned
+        if pinned is not None:
+            # Only targets whose provider holds the pinned key (the caller's own upstream account).
+            groups = [[t for t in g if pinned in t.provider.key_ids] for g in groups]
+            groups = [g for g in groups if g]
+            if not groups:
+                raise PinnedKeyUnavailable(
+                    f"Your API key is pinned to the upstream key '{pinned}', which no provider of model "
+                    f"'{self.model}' holds.",
+                    param="model",
+                )
         for i, group in enumerate(groups):
-            healthy = [t for t in group if t not in tried and t.provider.available(now)]
+            if pinned is None:
+                healthy = [t for t in group if t not in tried and t.provider.available(now)]
+            else:
+                healthy = [t for t in group if t not in tried and t.provider.pick_key(now, pinned).available(now)]
             if healthy:
                 self.repeat = False
-                if len(healthy) == len(group):
+                if len(healthy) == len(group) and pinned is None:
                     return _choose(healthy, now, route.cum_weights[i])
                 return _choose(healthy, now)
         # Every target tried or resting: the healthiest of all, again (with a backoff by the caller);
@@ -196,6 +217,10 @@ class Plan:
         key = target.provider.pick_key(now, self._pinned, self._tried_keys or None)
         self._tried_keys.add(key)
         return target, key
+
+
+class PinnedKeyUnavailable(PermissionDenied):
+    code = "upstream_key_unavailable"
 
 
 class Router:
@@ -224,6 +249,8 @@ class Router:
         self.board: Board = LocalBoard()
         self.providers: dict[str, LiveProvider] = {}
         self.routes: dict[str, LiveRoute] = {}
+        # Called after every rebuild (the /v1/models catalog re-renders); plain functions, no await.
+        self.listeners: list[Callable[[], None]] = []
         self.rebuild(settings.providers, settings.routes)
 
     def rebuild(self, providers: Mapping[str, Provider], routes: Mapping[str, Route]) -> None:
@@ -279,6 +306,13 @@ class Router:
         self.default = default
         self._default_route = default_route
         self._direct = direct
+        for listener in self.listeners:
+            listener()
+
+    @property
+    def configured(self) -> bool:
+        """Providers or routes besides `default` exist (then /v1/models is fastproxy's own list)."""
+        return bool(self.routes) or len(self.providers) > 1
 
     def resolve(self, model: str) -> LiveRoute:
         route = self.routes.get(model)

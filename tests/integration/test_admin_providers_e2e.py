@@ -72,7 +72,18 @@ async def test_provider_created_on_a_serves_on_b(
                 assert time.monotonic() - changed < 1.0, "B did not pick up the route within 1 s"
                 await asyncio.sleep(0.02)
             stats = (await admin.get(mock_b.url + "/_mock/stats")).json()
-            assert stats["auth"] == {"Bearer " + UPSTREAM_KEY: 1}  # the decrypted key went upstream
+            # The decrypted key went upstream: with the one chat request, and listing b's models for /v1/models.
+            assert set(stats["auth"]) == {"Bearer " + UPSTREAM_KEY}
+            assert stats["models"] == {"served-by-b": 1}
+            # /v1/models follows the admin API: the new route, and the new provider's own models.
+            ids = {m.id async for m in sdk.models.list()}
+            assert "team-model" in ids
+            for _ in range(50):
+                if "team/mock-model" in ids:
+                    break
+                await asyncio.sleep(0.02)
+                ids = {m.id async for m in sdk.models.list()}
+            assert "team/mock-model" in ids
 
             for url in (proxy_a.url, proxy_b.url):
                 resp = await admin.get(url + "/admin/providers/team")
@@ -86,6 +97,7 @@ async def test_provider_created_on_a_serves_on_b(
             await asyncio.sleep(1.0)
             after = await sdk.chat.completions.create(model="team-model", messages=[{"role": "user", "content": "x"}])
             assert after.model == "team-model"
+            assert "team-model" not in {m.id async for m in sdk.models.list()}
 
         # The database column holds a Fernet token, not the key.
         conn = await asyncpg.connect(postgres_dsn)

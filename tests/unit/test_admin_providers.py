@@ -67,6 +67,12 @@ async def test_provider_and_route_lifecycle(admin: tuple[httpx.AsyncClient, Stat
     assert resp.json()["source"] == "database" and resp.json()["targets"][0]["provider"] == "acme"
     route = state.router.resolve("gpt-x")
     assert route.name == "gpt-x" and route.groups[0][0].provider is live
+    # /v1/models lists the new route at once (no restart), and resolves it.
+    caller = {"Authorization": "Bearer " + (await client.post("/admin/keys", json={"name": "c"})).json()["key"]}
+    models = await client.get("/v1/models", headers=caller)
+    assert models.status_code == 200, models.text
+    assert "gpt-x" in [m["id"] for m in models.json()["data"]]
+    assert (await client.get("/v1/models/gpt-x", headers=caller)).json()["owned_by"] == "fastproxy"
 
     # A route change keeps the provider's live state; a provider change rebuilds it.
     live.keys[0].inflight = 7
@@ -90,6 +96,7 @@ async def test_provider_and_route_lifecycle(admin: tuple[httpx.AsyncClient, Stat
     assert (await client.delete("/admin/routes/gpt-x")).status_code == 200
     assert (await client.delete("/admin/providers/acme")).status_code == 200
     assert "acme" not in state.router.providers and state.router.resolve("gpt-x").name == "default"
+    assert (await client.get("/v1/models/gpt-x", headers=caller)).status_code == 404
     error(await client.get("/admin/providers/acme"), 404)
 
     # The stored key is a Fernet token, never the key; no response carried it.

@@ -10,7 +10,7 @@ from fastproxy.core.providers import Provider, ProviderKey, Route, Target
 from fastproxy.core.settings import Settings
 from fastproxy.upstream.breaker import Breaker, BreakerPolicy, RetryBudget
 from fastproxy.upstream.providers import STEERED_WEIGHT, LiveProvider, go_duration
-from fastproxy.upstream.router import Failure, Router
+from fastproxy.upstream.router import Failure, PinnedKeyUnavailable, Router
 
 
 def test_breaker_opens_after_consecutive_failures_and_doubles_its_cooldown() -> None:
@@ -141,3 +141,43 @@ def test_idle_weighted_split() -> None:
     router = _router()
     picks = collections.Counter(router.plan(router.resolve("r"), "r").first(0)[0].provider.name for _ in range(4000))
     assert abs(picks["a"] / 4000 - 0.75) < 0.03 and picks["default"] == 0
+
+
+def _pinned_router() -> Router:
+    keys = [ProviderKey(key="sk-pool-0001", id="pool"), ProviderKey(key="sk-team-0002", id="team")]
+    settings = Settings(
+        upstream_url="http://127.0.0.1:9/v1",
+        providers={
+            "a": Provider(base_url="http://a.test/v1", api_keys=keys),
+            "b": Provider(base_url="http://b.test/v1", api_key="sk-b-0003"),
+            "c": Provider(base_url="http://c.test/v1", api_keys=[ProviderKey(key="sk-c-team-0004", id="team")]),
+        },
+        routes={
+            "r": Route(targets=[Target(provider="b"), Target(provider="a"), Target(provider="c")]),
+            "only-b": Route(targets=[Target(provider="b")]),
+        },
+    )
+    return Router(settings)
+
+
+def test_a_pinned_caller_is_served_only_with_its_key_on_providers_that_hold_it() -> None:
+    router = _pinned_router()
+    for _ in range(50):
+        target, key = router.plan(router.resolve("r"), "r", "team").first(0)
+        # b comes first in the chain but holds no "team" key: skipped, never served with b's own key.
+        assert (target.provider.name, key.id, key.hint) == ("a", "team", "...0002")
+    plan = router.plan(router.resolve("r"), "r", "team")
+    plan.first(0)
+    # A 401 on the pinned key: not the pool key of the same provider, the next provider holding the pin.
+    after_401 = plan.next(Failure.KEY, 0)
+    assert after_401 is not None and (after_401[0].provider.name, after_401[1].hint) == ("c", "...0004")
+    assert plan.next(Failure.TARGET, 0) is not None  # every holder tried: the healthiest again, still pinned
+    unpinned = collections.Counter(router.plan(router.resolve("r"), "r").first(0)[0].provider.name for _ in range(20))
+    assert unpinned == {"b": 20}
+
+
+def test_a_pin_no_target_holds_is_refused_with_a_clear_error() -> None:
+    router = _pinned_router()
+    with pytest.raises(PinnedKeyUnavailable, match=r"pinned to the upstream key 'team'.*'only-b'") as err:
+        router.plan(router.resolve("only-b"), "only-b", "team").first(0)
+    assert err.value.status == 403 and err.value.code == "upstream_key_unavailable"
