@@ -16,6 +16,7 @@ import re
 import msgspec
 
 from fastproxy.core.schemas import ErrorBody, ErrorDetail, json_encoder
+from fastproxy.translate.messages_watch import decode_event, payload
 
 _EVENT = re.compile(rb"(.*?)(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
 # Responses API events that come before any output.
@@ -134,3 +135,37 @@ def error_event(message: str, code: str) -> bytes:
     """The OpenAI-format error event that ends a stream which failed after its commit (no [DONE] after it)."""
     detail = ErrorDetail(message=message, type="server_error", param=None, code=code)
     return b"data: " + json_encoder.encode(ErrorBody(error=detail)) + b"\n\n"
+
+
+_WAITING = frozenset({"message_start", "ping", "content_block_start"})
+_EVENT_SPLIT = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class MessagesCommitPoint:
+    """The commit point of an Anthropic Messages stream (an `anthropic` provider serving /v1/messages): its
+    first content_block_delta (or anything past the preamble); an `error` event before it can fall back."""
+
+    __slots__ = ("_events", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._events = 0
+
+    def feed(self, chunk: bytes) -> Verdict:
+        data = self._pending + chunk if self._pending else chunk
+        parts = _EVENT_SPLIT.split(data)
+        self._pending = parts.pop()
+        for event in parts:
+            data = payload(event)
+            if not data:
+                continue
+            self._events += 1
+            try:
+                kind = decode_event(data).type
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return Verdict.COMMIT  # not ours to judge: forward what upstream said
+            if kind == "error":
+                return Verdict.ERROR
+            if kind not in _WAITING:
+                return Verdict.COMMIT
+        return Verdict.COMMIT if self._events >= MAX_HELD_EVENTS else Verdict.WAIT

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastproxy.cache.service import Lookup
 from fastproxy.core.drain import STREAM_CUT, Drain
@@ -19,6 +19,9 @@ from fastproxy.core.types import Message, RawHeaders, Receive, Send
 from fastproxy.proxy.headers import DROP_RESPONSE, server_timing
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList
+
+if TYPE_CHECKING:
+    from fastproxy.proxy.messages import Ingress, Leg
 
 log = logging.getLogger("fastproxy.proxy")
 
@@ -33,7 +36,9 @@ class Outcome:
         "error",
         "events",
         "failures",
+        "ingress",
         "injected",
+        "leg",
         "model",
         "partial",
         "prompt_estimate",
@@ -76,6 +81,9 @@ class Outcome:
         self.cache_hit = False
         # The response cache's tee (fastproxy/cache): sees the committed answer as the client gets it.
         self.tee: Lookup | None = None
+        # Anthropic ingress (proxy/messages.py): the request's legs, and the one of the current attempt.
+        self.ingress: Ingress | None = None
+        self.leg: Leg | None = None
 
 
 def response_headers(

@@ -35,10 +35,10 @@ from fastproxy.core.records import FailedAttempt
 from fastproxy.core.schemas import usage_from_json
 from fastproxy.core.types import RawHeaders, Send
 from fastproxy.proxy.body import with_model
-from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
+from fastproxy.proxy.commit import CommitPoint, MessagesCommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
 from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
-from fastproxy.proxy.sse import SSEWatcher
+from fastproxy.proxy.sse import SSEWatcher, Watcher
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList, UpstreamResponse
 from fastproxy.upstream.providers import LiveKey
@@ -184,6 +184,8 @@ async def _give_up(last: _Failed, send: Send, request_id: bytes, extra_headers: 
     answer = last.response
     if answer is not None and (last.kind is not Failure.KEY or answer[0] == 429):
         status, headers, data = answer
+        if out.leg is not None:
+            data = out.leg.error_body(status, data)
         out.upstream_status = out.status = status
         out_headers = response_headers(headers, request_id, out.started, out.sent, extra_headers)
         out_headers.append((b"content-length", str(len(data)).encode()))
@@ -218,8 +220,15 @@ async def _attempt(
 ) -> None:
     provider = target.provider
     model = plan.upstream_model(target)
-    url = provider.url(tail, model, query)
-    payload = body if model == out.model else with_model(body, model)
+    ingress = out.ingress
+    if ingress is None:
+        url = provider.url(tail, model, query)
+        payload = body if model == out.model else with_model(body, model)
+        sent_headers = [*headers, *key.headers]
+    else:  # Anthropic ingress: this provider's leg says what it is sent and what the client gets (proxy/messages.py)
+        leg = out.leg = ingress.leg(provider)
+        url, payload = leg.url(provider, model, query), leg.payload(model)
+        sent_headers = leg.headers(headers, key.headers)
     out.provider, out.upstream_model = provider.name, model
     started = perf_counter()
     if out.sent is None:
@@ -227,8 +236,8 @@ async def _attempt(
     key.inflight += 1
     target.inflight += 1
     try:
-        await _exchange(state, target, key, url, method, [*headers, *key.headers], payload, send, request_id,
-                        extra_headers, out, started)  # fmt: skip
+        await _exchange(state, target, key, url, method, sent_headers, payload, send, request_id, extra_headers, out,
+                        started)  # fmt: skip
     finally:
         key.inflight -= 1
         target.inflight -= 1
@@ -279,7 +288,7 @@ async def _exchange(
         tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
     if watcher is None or chunks is None:
         await resp.release()
-        if status < 300:
+        if status < 300 and out.leg is None:
             out.usage = usage_from_json(data)[0]
         if tee is not None:  # cache hook: the whole body, stored when it is a 200
             tee.chunk(data)
@@ -299,7 +308,7 @@ async def _exchange(
     target.ewma_ms = _ewma(target.ewma_ms, (out.ttfb - started) * 1000)
 
 
-_First = tuple[UpstreamResponse, int, SSEWatcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
+_First = tuple[UpstreamResponse, int, Watcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
 
 
 async def _first_answer(state: State, method: str, url: str, headers: HeaderList, body: bytes, out: Outcome) -> _First:
@@ -319,12 +328,20 @@ async def _first_answer(state: State, method: str, url: str, headers: HeaderList
                 await resp.release()
                 released = True
                 raise _Failed(kind, f"status_{status}", response=(status, resp.headers, data))
+            if out.leg is not None:
+                data = out.leg.error_body(status, data)
             return resp, status, None, None, [], data
+        leg = out.leg
         if _is_sse(resp.headers):
-            watcher = SSEWatcher(strip=out.injected)
             chunks = resp.chunks().__aiter__()
-            return resp, status, watcher, chunks, await _until_commit(chunks, watcher), b""
-        return resp, status, None, None, [], await resp.read()
+            if leg is None:
+                watcher: Watcher = SSEWatcher(strip=out.injected)
+                return resp, status, watcher, chunks, await _until_commit(chunks, watcher, CommitPoint()), b""
+            watcher = leg.watcher()
+            return resp, status, watcher, chunks, await _until_commit(chunks, watcher, leg.commit_point()), b""
+        if leg is None:
+            return resp, status, None, None, [], await resp.read()
+        return resp, status, None, None, [], leg.response(await resp.read(), out)
     except BaseException:
         if not released:
             await resp.abort()
@@ -339,9 +356,10 @@ def _is_sse(headers: RawHeaders) -> bool:
     return next((v for k, v in headers if k.lower() == b"content-type"), b"").startswith(b"text/event-stream")
 
 
-async def _until_commit(chunks: AsyncIterator[bytes], watcher: SSEWatcher) -> list[bytes]:
+async def _until_commit(
+    chunks: AsyncIterator[bytes], watcher: Watcher, commit: CommitPoint | MessagesCommitPoint
+) -> list[bytes]:
     """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first."""
-    commit = CommitPoint()
     held: list[bytes] = []
     iterator = chunks.__anext__
     while True:
@@ -369,7 +387,7 @@ async def _rest_of_stream(
     key: LiveKey,
     resp: UpstreamResponse,
     chunks: AsyncIterator[bytes],
-    watcher: SSEWatcher,
+    watcher: Watcher,
     send: Send,
     out: Outcome,
     idle: float | None,
@@ -403,7 +421,13 @@ async def _rest_of_stream(
         failed = "upstream_stream_idle"
         await resp.abort()
     except UpstreamError as err:
-        failed = "upstream_stream_idle" if isinstance(err, UpstreamTimeout) else "upstream_stream_cut"
+        failed = (
+            "upstream_stream_idle"
+            if isinstance(err, UpstreamTimeout)
+            else "upstream_stream_malformed"
+            if err.code == "upstream_malformed"
+            else "upstream_stream_cut"
+        )
         await resp.abort()
     except asyncio.CancelledError:
         await resp.abort()
@@ -426,5 +450,8 @@ async def _rest_of_stream(
             state.router.opened(key)
         log.warning("upstream stream failed after its first token (%s); the client got an error event", failed)
         message = "The upstream stream broke off after it had started; the answer is incomplete."
-        await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
+        if out.leg is None:
+            await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
+        elif not watcher.errored:  # a translated upstream error event already ended the client's stream
+            await send({"type": "http.response.body", "body": out.leg.error_event(message), "more_body": True})
     await send({"type": "http.response.body", "body": b""})

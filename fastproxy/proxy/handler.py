@@ -21,6 +21,7 @@ from fastproxy.core.records import RequestRecord
 from fastproxy.core.responses import send_error
 from fastproxy.core.schemas import ANONYMOUS, Principal, RequestView, TokenUsage
 from fastproxy.core.types import RawHeaders, Receive, Scope, Send
+from fastproxy.proxy import messages
 from fastproxy.proxy.body import (
     ClientDisconnected,
     decode_view,
@@ -55,6 +56,8 @@ class Endpoint:
     accounted: bool
     # A stream here may be asked for usage on the client's behalf (chat and completions).
     injects_usage: bool = False
+    # Anthropic ingress (/v1/messages...): x-api-key, legs per provider type, Anthropic errors (proxy/messages.py).
+    messages: bool = False
 
 
 async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
@@ -73,6 +76,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             request_id = value
         elif name == b"content-length":
             content_length = value
+    if endpoint.messages and authorization is None:
+        authorization = messages.credential(scope["headers"])
     id_from_client = True
     if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isascii():
         request_id = os.urandom(12).hex().encode()
@@ -99,7 +104,12 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             estimate = estimate_tokens(len(body), view, state.settings.default_max_tokens)
             out.prompt_estimate = estimate_prompt(len(body))
             forward.append(IDENTITY)
-            if state.cache is not None:  # cache hook 1: look the request up before anything is taken or sent
+            if endpoint.messages:  # each target's leg is ready, any translation checked, before anything is taken
+                route = messages.prepare(body, view, state.router.resolve(out.model or ""), scope["path"][3:],
+                                         forward, out)  # fmt: skip
+                if endpoint.name == messages.COUNT_ENDPOINT:
+                    estimate = 0  # counting takes a request from the limits, no tokens
+            elif state.cache is not None:  # cache hook 1: look the request up before anything is taken or sent
                 route = state.router.resolve(view.model or "")
                 lookup = await state.cache.lookup(
                     scope["headers"],
@@ -119,7 +129,9 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         forward.append(("x-request-id", request_id.decode()))
         tail = scope["path"][3:]
         query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
-        if out.model is not None:
+        if endpoint.messages and route is None:  # count_tokens no Anthropic provider can answer
+            work = messages.count_locally(body, send, request_id, admission.headers, out)
+        elif out.model is not None:
             # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
             plan = state.router.plan(route or state.router.resolve(out.model), out.model, principal.upstream_key)
             if lookup is not None and lookup.answers:  # cache hook 2: a hit, or an identical request in flight
@@ -149,7 +161,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         out.status, out.error = err.status, err.code or err.type
         now = perf_counter()
         err.headers.append(server_timing(started, out.sent, now) if out.sent else proxy_timing(started, now))
-        await send_error(send, err, request_id)
+        await (messages.send_error if endpoint.messages else send_error)(send, err, request_id)
     except ClientDisconnected:
         out.status, out.disconnected = 499, True
     finally:

@@ -23,6 +23,9 @@ CHAT = Endpoint("chat.completions", accounted=True, injects_usage=True)
 COMPLETIONS = Endpoint("completions", accounted=True, injects_usage=True)
 EMBEDDINGS = Endpoint("embeddings", accounted=True)
 RESPONSES = Endpoint("responses", accounted=True)
+# Anthropic's Messages API for Anthropic SDK clients (proxy/messages.py).
+MESSAGES = Endpoint("messages", accounted=True, messages=True)
+COUNT_TOKENS = Endpoint("messages.count_tokens", accounted=True, messages=True)
 MODELS = Endpoint("models", accounted=False)
 PASSTHROUGH = Endpoint("passthrough", accounted=False)
 
@@ -46,6 +49,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/completions": {"POST": _to(COMPLETIONS), "OPTIONS": PREFLIGHT},
     "/v1/embeddings": {"POST": _to(EMBEDDINGS), "OPTIONS": PREFLIGHT},
     "/v1/responses": {"POST": _to(RESPONSES), "OPTIONS": PREFLIGHT},
+    "/v1/messages": {"POST": _to(MESSAGES), "OPTIONS": PREFLIGHT},
+    "/v1/messages/count_tokens": {"POST": _to(COUNT_TOKENS), "OPTIONS": PREFLIGHT},
     "/v1/models": {"GET": _to(MODELS), "OPTIONS": PREFLIGHT},
     # Exact routes, so the passthrough below never sends them upstream.
     "/v1/usage": {"GET": usage_api.own_usage, "OPTIONS": PREFLIGHT},

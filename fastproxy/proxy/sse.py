@@ -9,6 +9,7 @@ string a quote is always escaped, so `,"usage":null` can only ever be a real mem
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from fastproxy.core.schemas import TokenUsage, usage_from_json
 
@@ -43,6 +44,27 @@ def _event_payload(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+class Watcher(Protocol):
+    """What the stream loop (proxy/failover.py) needs of a stream's watcher: this module's SSEWatcher, or a
+    translator of another wire format (fastproxy/translate) with the same surface."""
+
+    usage: TokenUsage | None
+    events: int
+
+    @property
+    def ended(self) -> bool:
+        """The stream's proper end was seen (or sent)."""
+        ...
+
+    @property
+    def errored(self) -> bool:
+        """An error event already ended the client's stream: the proxy adds none of its own."""
+        ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
 class SSEWatcher:
     """Feed it upstream chunks; it returns what to forward and remembers the last usage it saw.
 
@@ -52,6 +74,8 @@ class SSEWatcher:
     """
 
     __slots__ = ("_last", "_pending", "events", "strip", "usage")
+    # The upstream's error event is forwarded as it came and the proxy adds its own after it.
+    errored = False
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip

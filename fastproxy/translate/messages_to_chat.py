@@ -93,7 +93,8 @@ class _Metadata(msgspec.Struct, gc=False):
 class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str
     messages: list[Message]
-    max_tokens: int
+    # Required by the Messages API, except by count_tokens: checked by to_chat.
+    max_tokens: int | None = None
     system: str | list[Block] | None = None
     stream: bool | None = None
     stop_sequences: list[str] | None = None
@@ -209,6 +210,8 @@ def decode_request(body: bytes) -> MessagesRequest:
 
 def to_chat(req: MessagesRequest) -> ChatRequest:
     """The OpenAI chat request for an Anthropic one; raises UnsupportedField naming what can't be translated."""
+    if req.max_tokens is None:
+        raise UnsupportedField("max_tokens: Field required.", "max_tokens")
     messages: list[_ChatMessage] = []
     if req.system:
         system = req.system if isinstance(req.system, str) else _system_text(req.system)
