@@ -88,15 +88,16 @@ class ToolUseBlock(msgspec.Struct, tag="tool_use", tag_field="type", gc=False):
     input: msgspec.Raw
 
 
-class AnthropicMessage(msgspec.Struct):
+class AnthropicMessage(msgspec.Struct, kw_only=True):
+    # Fields in the order Anthropic writes them.
     id: str
+    type: str = "message"
+    role: str = "assistant"
     model: str
     content: list[TextBlock | ThinkingBlock | ToolUseBlock]
     stop_reason: str
     stop_sequence: str | None
     usage: Usage
-    type: str = "message"
-    role: str = "assistant"
 
 
 class _ErrorDetail(msgspec.Struct, gc=False):
@@ -104,9 +105,9 @@ class _ErrorDetail(msgspec.Struct, gc=False):
     message: str
 
 
-class AnthropicError(msgspec.Struct, gc=False):
-    error: _ErrorDetail
+class AnthropicError(msgspec.Struct, kw_only=True, gc=False):
     type: str = "error"
+    error: _ErrorDetail
 
 
 class _OpenAIErrorDetail(msgspec.Struct, gc=False):

@@ -80,20 +80,21 @@ class _Chunk(msgspec.Struct, gc=False):
     error: _ErrorView | str | None = None
 
 
-class _StartMessage(msgspec.Struct, gc=False):
+class _StartMessage(msgspec.Struct, kw_only=True, gc=False):
+    # Fields in the order Anthropic writes them.
     id: str
+    type: str = "message"
+    role: str = "assistant"
     model: str
-    usage: Usage
     content: list[int] = msgspec.field(default_factory=list)
     stop_reason: None = None
     stop_sequence: None = None
-    type: str = "message"
-    role: str = "assistant"
+    usage: Usage
 
 
-class _MessageStart(msgspec.Struct, gc=False):
-    message: _StartMessage
+class _MessageStart(msgspec.Struct, kw_only=True, gc=False):
     type: str = "message_start"
+    message: _StartMessage
 
 
 class _StopDelta(msgspec.Struct, gc=False):
@@ -101,10 +102,10 @@ class _StopDelta(msgspec.Struct, gc=False):
     stop_sequence: str | None
 
 
-class _MessageDelta(msgspec.Struct, gc=False):
+class _MessageDelta(msgspec.Struct, kw_only=True, gc=False):
+    type: str = "message_delta"
     delta: _StopDelta
     usage: Usage
-    type: str = "message_delta"
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode

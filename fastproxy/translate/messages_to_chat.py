@@ -224,8 +224,8 @@ def to_chat(req: MessagesRequest) -> ChatRequest:
         elif message.role == "assistant":
             if i == last:
                 raise UnsupportedField(
-                    "A final assistant message (a prefill to continue) is not supported when this model is served "
-                    "by an OpenAI-compatible provider.",
+                    f"'{where}': a final assistant message (a prefill to continue) is not supported when this model "
+                    "is served by an OpenAI-compatible provider.",
                     where,
                 )
             messages.append(_assistant(message.content, where))
@@ -344,7 +344,8 @@ def _assistant(content: str | list[Block], where: str) -> _ChatMessage:
 def _tool(tool: _Tool, i: int) -> _ChatTool:
     if tool.type not in (None, "custom"):
         raise UnsupportedField(
-            f"Server tool '{tool.type}' is not supported when this model is served by an OpenAI-compatible provider.",
+            f"'tools[{i}].type': server tool '{tool.type}' is not supported when this model is served by an "
+            "OpenAI-compatible provider.",
             f"tools[{i}].type",
         )
     schema = tool.input_schema or _EMPTY_OBJECT
@@ -362,14 +363,16 @@ def _tool_choice(choice: _ToolChoice, chat: ChatRequest) -> None:
     elif kind == "tool" and choice.name:
         chat.tool_choice = {"type": "function", "function": {"name": choice.name}}
     else:
-        raise UnsupportedField(f"Unsupported tool_choice type '{kind}'.", "tool_choice.type")
+        raise UnsupportedField(
+            f"'tool_choice.type' must be auto, any, none or tool (with a name), not '{kind}'.", "tool_choice.type"
+        )
     if choice.disable_parallel_tool_use and chat.tools:
         chat.parallel_tool_calls = False
 
 
 def _unsupported_block(kind: str, where: str) -> UnsupportedField:
     return UnsupportedField(
-        f"Content blocks of type '{kind}' are not supported when this model is served by an OpenAI-compatible "
-        "provider.",
+        f"'{where}.type': content blocks of type '{kind}' are not supported when this model is served by an "
+        "OpenAI-compatible provider.",
         f"{where}.type",
     )
