@@ -56,7 +56,7 @@ from typing import Any
 import msgspec
 
 from fastproxy.core.types import Message, Receive, Scope, Send
-from fastproxy.mock import anthropic, events
+from fastproxy.mock import anthropic, chat_answer, events
 from fastproxy.mock.modes import (
     Mode,
     ModeError,
@@ -192,7 +192,7 @@ class MockUpstream:
             return
         if mode.ratelimit_remaining is not None:
             send = _adding_headers(send, ratelimit_headers(mode.ratelimit_remaining))
-        await self._route(method, path, req, headers, mode, receive, send)
+        await self._route(method, path, req, headers, mode, receive, send, body)
 
     async def _control(self, path: str, method: str, send: Send) -> None:
         if path == "/_mock/reset" and method == "POST":
@@ -235,6 +235,7 @@ class MockUpstream:
         mode: Mode,
         receive: Receive,
         send: Send,
+        body: bytes = b"",
     ) -> None:
         if path == "/v1/models":
             await _respond(send, 200, self._models)
@@ -246,7 +247,10 @@ class MockUpstream:
             chunks = int(headers.get("x-mock-chunks", self.chunks))
             delay = float(headers.get("x-mock-delay-ms", self.delay_ms)) / 1000
             kind = _KINDS[path]
-            if req.stream:
+            special = chat_answer.answer(body, _words(chunks)) if kind == "chat" else None
+            if special is not None or (kind == "chat" and mode.cache_read):
+                await self._chat(req, special or chat_answer.Answer(_words(chunks)), mode, delay, receive, send)
+            elif req.stream:
                 await self._stream(kind, req, chunks, delay, mode, receive, send)
             else:
                 await _respond(send, 200, _encode(events.complete(kind, req, chunks)))
@@ -268,6 +272,24 @@ class MockUpstream:
         else:
             echo = {k: v for k, v in self.last.items() if k not in ("headers", "api_version")}
             await _respond(send, 200, _encode({"object": "echo", **echo}))
+
+    async def _chat(
+        self, req: events.Req, ans: chat_answer.Answer, mode: Mode, delay: float, receive: Receive, send: Send
+    ) -> None:
+        """Chat answers with tool calls, a matched stop string, a length cut or cached tokens (mock/chat_answer.py)."""
+        prompt, model = events.prompt_tokens(req), req.model or "mock-model"
+        if not req.stream:
+            await _respond(
+                send, 200, _encode(chat_answer.complete(model, ans, prompt, mode.cache_read, events.CREATED))
+            )
+            return
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        stream = chat_answer.stream(model, ans, prompt, mode.cache_read, include_usage, events.CREATED)
+        end = mode.stream_end
+        if end is not None:
+            stream = stream[: end[1]]
+        failure = events.STREAM_ERROR if end is None or end[0] != "malformed" else events.MALFORMED_EVENT
+        await self._send_stream(stream, end, failure, delay, receive, send)
 
     async def _stream(
         self, kind: str, req: events.Req, chunks: int, delay: float, mode: Mode, receive: Receive, send: Send
@@ -396,6 +418,10 @@ def _api_version(query: str) -> str | None:
         if name == "api-version":
             return value
     return None
+
+
+def _words(chunks: int) -> list[str]:
+    return [events.WORDS[i % len(events.WORDS)].decode() for i in range(chunks)]
 
 
 def app_from_env() -> MockUpstream:
