@@ -4,6 +4,7 @@
     python -m bench.interleaved --configs bare,+metrics --cycles 30 --slice 3
     python -m bench.interleaved --rounds 8 --cycles 8              # 8 sets of fresh processes, pooled
     python -m bench.interleaved --pool bench/out/interleaved-A.json bench/out/interleaved-B.json
+    python -m bench.interleaved --configs full,full@BENCH_LOAD=messages   # chat vs /v1/messages translated
 
 The suite's closed-loop rounds restart each proxy for each round and measure its configurations
 minutes apart; on a shared 2-core VM the CPU per request then moves by 15-30 points between rounds,
@@ -49,7 +50,7 @@ from bench.harness import (
     wrk,
 )
 from bench.stats import median
-from bench.targets import Target, chat_load, start_target
+from bench.targets import Target, chat_load, messages_load, start_target
 
 CONTROL = "control"
 
@@ -106,7 +107,9 @@ def _round(
             targets[i] = start_target(names[0] if labels[i] == CONTROL else labels[i], configs, upstream, bk, work)
         loads = {}
         for i in order:
-            loads[i] = chat_load(targets[i], work)
+            # `NAME@BENCH_LOAD=messages`: this proxy is loaded on /v1/messages (the Anthropic ingress, translated).
+            translated = configs[names[0] if labels[i] == CONTROL else labels[i]].env.get("BENCH_LOAD") == "messages"
+            loads[i] = (messages_load if translated else chat_load)(targets[i], work)
             wrk(*loads[i], a.warmup, a.conns)
         for cycle in range(a.cycles):
             shift = cycle % len(order)

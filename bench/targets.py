@@ -32,6 +32,14 @@ GRANIAN_FLAGS = [
 ]  # fmt: skip
 UNUSED_KEY = "sk-bench-unused"
 CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+# CHAT_BODY as an Anthropic SDK client sends it: served by an OpenAI-compatible upstream, it is translated
+# to CHAT_BODY's request and the upstream's chat.completion back to an Anthropic message.
+MESSAGES_BODY = (
+    '{"model":"gpt-4o-mini","max_tokens":128,"system":"You are a helpful assistant.","messages":[{"role":"user",'
+    '"content":"What is the capital of France? Answer in two short sentences and mention one landmark."}],'
+    '"temperature":0.7,"metadata":{"user_id":"bench-user-42"}}'
+)
 
 
 @dataclass
@@ -109,6 +117,15 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
         target.close()
         raise
     return target
+
+
+def messages_load(target: Target, workdir: Path) -> tuple[str, Path]:
+    """As chat_load, for the Anthropic ingress (`POST /v1/messages`, translated to chat completions and back)."""
+    url = target.base + MESSAGES
+    reply = post(url, MESSAGES_BODY, target.key)
+    if b'"type":"message"' not in reply:
+        raise SystemExit(f"{target.name}: unexpected reply {reply[:200]!r}")
+    return url, write_lua(workdir / f"load-messages-{target.pid}.lua", target.key, [MESSAGES_BODY])
 
 
 def chat_load(target: Target, workdir: Path) -> tuple[str, Path]:
