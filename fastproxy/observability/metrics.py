@@ -11,8 +11,9 @@ environment prometheus-client itself reads when it is first imported:
 - single process (unit tests, an app served without the CLI): each Metrics owns a private registry.
 
 Label rules (series must stay bounded whatever clients send):
-- `endpoint`: the fixed route names (chat.completions, completions, embeddings, responses, models,
-  passthrough); unknown paths are answered by the router and never reach the observer.
+- `endpoint`: the fixed route names (chat.completions, completions, embeddings, responses, messages,
+  messages.count_tokens, models, passthrough); unknown paths are answered by the router and never reach
+  the observer.
 - `model`: the first `max_models` distinct models this worker saw the upstream accept (2xx); every
   other model, including typos and models the upstream refused, is `other`; no model is `none`.
   Across W workers an instance exports at most W * max_models model values (usually the same ones).
