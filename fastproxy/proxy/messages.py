@@ -196,7 +196,7 @@ def prepare(
         if not anthropic:
             return None
         anthropic_only = [t for group in route.groups for t in group if t.provider.type == "anthropic"]
-        route = LiveRoute(route.name, anthropic_only, route.max_attempts, config=route.config)
+        route = LiveRoute(route.name, anthropic_only, route.max_attempts, direct=route.direct, config=route.config)
     elif other:
         request = _decode(body)
         translated = _Translated(request, out.prompt_estimate)
