@@ -4,7 +4,7 @@
 
 What each path does per unit, the network left out (it is the same for both):
 - per stream event: the byte-exact chat path's SSE watcher (proxy/sse.py: find usage, forward the bytes), the
-  translator of an OpenAI chunk into Anthropic events (translate/chat_to_messages_events.py), and the watcher of
+  translator of an OpenAI chunk into Anthropic events (translate/ingress_stream.py), and the watcher of
   an Anthropic stream passed through (translate/messages_watch.py);
 - per non-streamed request: the chat path's narrow view of the body and the usage read from the answer, and the
   Anthropic ingress's translation both ways (the same view, the request decoded, translated and encoded, the
@@ -27,9 +27,9 @@ from fastproxy.mock import anthropic as mock_anthropic
 from fastproxy.mock import events as mock_events
 from fastproxy.proxy.body import decode_view
 from fastproxy.proxy.sse import SSEWatcher
-from fastproxy.translate.chat_to_messages import to_message
-from fastproxy.translate.chat_to_messages_events import ChatToMessagesStream
-from fastproxy.translate.messages_to_chat import decode_request, encode_chat, to_chat
+from fastproxy.translate.ingress_request import decode_request, encode_chat, to_chat
+from fastproxy.translate.ingress_response import to_message
+from fastproxy.translate.ingress_stream import ChatToMessagesStream
 from fastproxy.translate.messages_watch import MessagesWatcher
 
 

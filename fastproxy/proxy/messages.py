@@ -5,7 +5,7 @@ Per attempt (proxy/failover.py asks `Ingress.leg(provider)`), the target's provi
 - an `anthropic` provider: the request and the answer pass through byte for byte (only `model` rewritten for
   a target that names another); usage is read from message_start / message_delta (translate/messages_watch.py);
 - any OpenAI-compatible provider: the request is translated to chat completions once per client request
-  (translate/messages_to_chat.py), the answer and its stream back to Anthropic's (translate/chat_to_messages*.py).
+  (translate/ingress_request.py), the answer and its stream back to Anthropic's (translate/ingress_response.py, ingress_stream.py).
 
 Everything else is the chat path's: auth (a fastproxy key in `x-api-key` or `Authorization: Bearer`), limits
 with the token estimate and its reconciliation, budgets, fallback and the stream commit point, usage rows and
@@ -26,15 +26,15 @@ from fastproxy.proxy.commit import CommitPoint, MessagesCommitPoint
 from fastproxy.proxy.exchange import Outcome
 from fastproxy.proxy.headers import proxy_timing
 from fastproxy.proxy.sse import Watcher
-from fastproxy.translate.chat_to_messages import error_body, error_from_openai, to_message
-from fastproxy.translate.chat_to_messages_events import ChatToMessagesStream, error_event
-from fastproxy.translate.messages_to_chat import (
+from fastproxy.translate.ingress_request import (
     MessagesRequest,
     UnsupportedField,
     decode_request,
     encode_chat,
     to_chat,
 )
+from fastproxy.translate.ingress_response import error_body, error_from_openai, to_message
+from fastproxy.translate.ingress_stream import ChatToMessagesStream, error_event
 from fastproxy.translate.messages_watch import MessagesWatcher, usage_of_body
 from fastproxy.upstream import HeaderList
 from fastproxy.upstream.providers import LiveProvider

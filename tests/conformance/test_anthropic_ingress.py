@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from fastproxy.translate.chat_to_messages import MalformedUpstream, to_message
-from fastproxy.translate.chat_to_messages_events import ChatToMessagesStream
-from fastproxy.translate.messages_to_chat import UnsupportedField, decode_request, encode_chat, to_chat
+from fastproxy.translate.ingress_request import UnsupportedField, decode_request, encode_chat, to_chat
+from fastproxy.translate.ingress_response import MalformedUpstream, to_message
+from fastproxy.translate.ingress_stream import ChatToMessagesStream
 
 HERE = Path(__file__).parent / "anthropic_ingress"
 TRANSCRIPTS = sorted(HERE.glob("*.json"))

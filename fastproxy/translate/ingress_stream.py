@@ -25,7 +25,7 @@ import re
 import msgspec
 
 from fastproxy.core.schemas import TokenUsage, UsageView
-from fastproxy.translate.chat_to_messages import (
+from fastproxy.translate.ingress_response import (
     AnthropicError,
     MalformedUpstream,
     Usage,
