@@ -5,7 +5,8 @@ Per attempt (proxy/failover.py asks `Ingress.leg(provider)`), the target's provi
 - an `anthropic` provider: the request and the answer pass through byte for byte (only `model` rewritten for
   a target that names another); usage is read from message_start / message_delta (translate/messages_watch.py);
 - any OpenAI-compatible provider: the request is translated to chat completions once per client request
-  (translate/ingress_request.py), the answer and its stream back to Anthropic's (translate/ingress_response.py, ingress_stream.py).
+  (translate/ingress_request.py), the answer and its stream back to Anthropic's (translate/ingress_response.py,
+  translate/ingress_stream.py).
 
 Everything else is the chat path's: auth (a fastproxy key in `x-api-key` or `Authorization: Bearer`), limits
 with the token estimate and its reconciliation, budgets, fallback and the stream commit point, usage rows and
