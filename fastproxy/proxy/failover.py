@@ -25,6 +25,7 @@ from time import monotonic, perf_counter
 
 from fastproxy.core.drain import STREAM_CUT
 from fastproxy.core.errors import (
+    InvalidRequest,
     ProxyError,
     UpstreamError,
     UpstreamTimeout,
@@ -38,8 +39,9 @@ from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
 from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
-from fastproxy.proxy.sse import SSEWatcher
+from fastproxy.proxy.sse import SSEWatcher, StreamWatcher
 from fastproxy.server.state import State
+from fastproxy.translate.anthropic_chat import AnthropicChat, MalformedAnswer, for_attempt
 from fastproxy.upstream import HeaderList, UpstreamResponse
 from fastproxy.upstream.providers import LiveKey
 from fastproxy.upstream.router import Failure, LiveTarget, Plan
@@ -219,7 +221,17 @@ async def _attempt(
     provider = target.provider
     model = plan.upstream_model(target)
     url = provider.url(tail, model, query)
+    translation: AnthropicChat | None = None
+    if provider.translates:  # another wire format (Anthropic): chosen once per attempt, by provider type
+        try:
+            translation = for_attempt(tail, body, model, out.stream, out.injected,
+                                      provider.default_max_tokens or state.settings.default_max_tokens)  # fmt: skip
+        except InvalidRequest:
+            key.breaker.probing = False  # nothing was sent: a probe that never happened
+            raise
     payload = body if model == out.model else with_model(body, model)
+    if translation is not None:
+        payload = translation.body
     out.provider, out.upstream_model = provider.name, model
     started = perf_counter()
     if out.sent is None:
@@ -228,7 +240,7 @@ async def _attempt(
     target.inflight += 1
     try:
         await _exchange(state, target, key, url, method, [*headers, *key.headers], payload, send, request_id,
-                        extra_headers, out, started)  # fmt: skip
+                        extra_headers, out, started, translation)  # fmt: skip
     finally:
         key.inflight -= 1
         target.inflight -= 1
@@ -247,15 +259,16 @@ async def _exchange(
     extra_headers: RawHeaders,
     out: Outcome,
     started: float,
+    translation: AnthropicChat | None,
 ) -> None:
     provider = target.provider
     timeout = provider.first_token_timeout
     try:
         if timeout is None:  # no timer at all: asyncio.timeout(None) alone costs ~1.6 µs a request
-            first = await _first_answer(state, method, url, headers, body, out)
+            first = await _first_answer(state, method, url, headers, body, out, translation)
         else:
             async with asyncio.timeout(timeout):
-                first = await _first_answer(state, method, url, headers, body, out)
+                first = await _first_answer(state, method, url, headers, body, out, translation)
     except TimeoutError as exc:
         timed_out = UpstreamTimeout("The upstream provider did not send its first token in time.")
         raise _Failed(Failure.TARGET, "first_token_timeout", error=timed_out) from exc
@@ -299,11 +312,20 @@ async def _exchange(
     target.ewma_ms = _ewma(target.ewma_ms, (out.ttfb - started) * 1000)
 
 
-_First = tuple[UpstreamResponse, int, SSEWatcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
+_First = tuple[UpstreamResponse, int, StreamWatcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
 
 
-async def _first_answer(state: State, method: str, url: str, headers: HeaderList, body: bytes, out: Outcome) -> _First:
+async def _first_answer(
+    state: State,
+    method: str,
+    url: str,
+    headers: HeaderList,
+    body: bytes,
+    out: Outcome,
+    translation: AnthropicChat | None,
+) -> _First:
     """Send, and read up to the commit point: a whole non-streamed body, or a stream's first content delta.
+    With a translation, what is returned is already in the client's format (OpenAI's).
 
     Raises _Failed (the upstream's answer says fall back) or UpstreamError; the response is released or
     aborted before anything is raised.
@@ -314,6 +336,8 @@ async def _first_answer(state: State, method: str, url: str, headers: HeaderList
         status = resp.status
         if status >= 400:
             data = await resp.read()
+            if translation is not None:
+                status, data = translation.error(status, data)
             kind = _classify(status, data)
             if kind is not None:
                 await resp.release()
@@ -321,10 +345,20 @@ async def _first_answer(state: State, method: str, url: str, headers: HeaderList
                 raise _Failed(kind, f"status_{status}", response=(status, resp.headers, data))
             return resp, status, None, None, [], data
         if _is_sse(resp.headers):
-            watcher = SSEWatcher(strip=out.injected)
             chunks = resp.chunks().__aiter__()
+            if translation is not None:
+                translator = translation.stream()
+                return resp, status, translator, chunks, await _until_commit(chunks, translator, True), b""
+            watcher = SSEWatcher(strip=out.injected)
             return resp, status, watcher, chunks, await _until_commit(chunks, watcher), b""
-        return resp, status, None, None, [], await resp.read()
+        data = await resp.read()
+        if translation is not None:
+            try:
+                data = translation.response(data)
+            except MalformedAnswer as exc:
+                unreadable = UpstreamError(f"The upstream provider's answer could not be read: {exc}")
+                raise _Failed(Failure.TARGET, "malformed_response", error=unreadable) from exc
+        return resp, status, None, None, [], data
     except BaseException:
         if not released:
             await resp.abort()
@@ -339,8 +373,9 @@ def _is_sse(headers: RawHeaders) -> bool:
     return next((v for k, v in headers if k.lower() == b"content-type"), b"").startswith(b"text/event-stream")
 
 
-async def _until_commit(chunks: AsyncIterator[bytes], watcher: SSEWatcher) -> list[bytes]:
-    """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first."""
+async def _until_commit(chunks: AsyncIterator[bytes], watcher: StreamWatcher, translated: bool = False) -> list[bytes]:
+    """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first.
+    A translated stream is judged on what the client would get (the translator's output)."""
     commit = CommitPoint()
     held: list[bytes] = []
     iterator = chunks.__anext__
@@ -354,8 +389,12 @@ async def _until_commit(chunks: AsyncIterator[bytes], watcher: SSEWatcher) -> li
             if watcher.ended:
                 return held  # a whole stream with no content at all: complete as it is
             raise _Failed(Failure.TARGET, "stream_cut") from None
-        verdict = commit.feed(chunk)
-        forwarded = watcher.feed(chunk)
+        if translated:
+            forwarded = watcher.feed(chunk)
+            verdict = commit.feed(forwarded) if forwarded else Verdict.WAIT
+        else:
+            verdict = commit.feed(chunk)
+            forwarded = watcher.feed(chunk)
         if forwarded:
             held.append(forwarded)
         if verdict is Verdict.COMMIT:
@@ -369,7 +408,7 @@ async def _rest_of_stream(
     key: LiveKey,
     resp: UpstreamResponse,
     chunks: AsyncIterator[bytes],
-    watcher: SSEWatcher,
+    watcher: StreamWatcher,
     send: Send,
     out: Outcome,
     idle: float | None,
@@ -398,7 +437,7 @@ async def _rest_of_stream(
                 out.tee.chunk(tail)
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not watcher.ended:
-            failed = "upstream_stream_cut"
+            failed = watcher.failure or "upstream_stream_cut"
     except TimeoutError:
         failed = "upstream_stream_idle"
         await resp.abort()
@@ -425,6 +464,7 @@ async def _rest_of_stream(
         if key.breaker.failure(monotonic()):
             state.router.opened(key)
         log.warning("upstream stream failed after its first token (%s); the client got an error event", failed)
-        message = "The upstream stream broke off after it had started; the answer is incomplete."
-        await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
+        if watcher.failure is None:  # a translator writes its own error event, with the upstream's reason
+            message = "The upstream stream broke off after it had started; the answer is incomplete."
+            await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
     await send({"type": "http.response.body", "body": b""})

@@ -9,6 +9,7 @@ string a quote is always escaped, so `,"usage":null` can only ever be a real mem
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from fastproxy.core.schemas import TokenUsage, usage_from_json
 
@@ -43,6 +44,25 @@ def _event_payload(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+class StreamWatcher(Protocol):
+    """What the request path needs of a stream's watcher: this SSEWatcher, or a translator that rewrites
+    another provider's stream (fastproxy/translate) as it goes."""
+
+    @property
+    def usage(self) -> TokenUsage | None: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def failure(self) -> str | None:
+        """Set when the watcher itself wrote the client's error event (its code): nothing is added after it."""
+        ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
 class SSEWatcher:
     """Feed it upstream chunks; it returns what to forward and remembers the last usage it saw.
 
@@ -51,10 +71,12 @@ class SSEWatcher:
     for its end: real providers send one event per chunk, so in practice nothing waits.
     """
 
-    __slots__ = ("_last", "_pending", "events", "strip", "usage")
+    __slots__ = ("_last", "_pending", "events", "failure", "strip", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
+        # Bytes pass through: an upstream's own error event is forwarded, never written by this watcher.
+        self.failure: str | None = None
         self.usage: TokenUsage | None = None
         self.events = 0
         self._pending = b""
