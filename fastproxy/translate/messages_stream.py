@@ -34,14 +34,14 @@ MALFORMED_EVENT = "upstream_malformed_event"
 
 
 def _payload(event: bytes) -> bytes:
-    """The data of one SSE event (without its blank line); b"" for a comment or an event with no data."""
+    """The data of one SSE event (its blank line may follow); b"" for a comment or an event with no data."""
     start = event.find(b"data:")
     if start == -1:
         return b""
-    if event.find(b"\ndata:", start + 5) == -1:  # one data line: Anthropic's way
-        end = event.find(b"\n", start)
-        line = event[start + 5 : end if end != -1 else len(event)]
-        return line[1:] if line[:1] == b" " else line
+    end = event.find(b"\n", start)
+    if end == -1 or event.find(b"data:", end) == -1:  # one data line: Anthropic's way
+        line = event[start + 5 : end] if end != -1 else event[start + 5 :]
+        return line[1:] if line.startswith(b" ") else line
     lines = [ln[5:].removeprefix(b" ") for ln in event.splitlines() if ln.startswith(b"data:")]
     return b"\n".join(lines)
 
@@ -109,7 +109,9 @@ class MessagesToChatStream:
         if self.failure is not None or self.done:
             return b""  # nothing goes to the client after its error event or [DONE]
         if not self._pending and chunk.endswith(b"\n\n") and b"\r" not in chunk:
-            events = chunk.split(b"\n\n")  # the usual case: whole events, one or more per chunk
+            if chunk.find(b"\n\n") == len(chunk) - 2:
+                return self._event(chunk)  # the usual case: one whole event per chunk
+            events = chunk.split(b"\n\n")  # whole events, several in one chunk
             events.pop()
         else:
             data = (self._pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
