@@ -168,6 +168,25 @@ def proxy_configs() -> dict[str, ProxyConfig]:
     out["full-cluster"] = ProxyConfig(
         "full-cluster", {**full.env, "FASTPROXY_REDIS_URL": "{redis_cluster_url}"}, full.key
     )
+    # OpenAI chat on an `anthropic` provider (issue 18): the load's model routed to a provider of type
+    # anthropic on the same upstream (nginx's canned /v1/messages, or the mock's Anthropic stream), so every
+    # request and stream event is translated; beside full and bare, whose bytes pass through untouched.
+    anthropic = {
+        "FASTPROXY_PROVIDERS": json.dumps(
+            {"anth": {"type": "anthropic", "base_url": "{upstream_url}", "api_key": "sk-ant-bench-0000"}}
+        ),
+        "FASTPROXY_ROUTES": json.dumps({"gpt-4o-mini": {"targets": [{"provider": "anth", "model": "claude-bench"}]}}),
+    }
+    out["full-anthropic"] = ProxyConfig("full-anthropic", {**full.env, **anthropic}, full.key)
+    out["bare-anthropic"] = ProxyConfig("bare-anthropic", {**BARE, **anthropic})
+    # The same route to an OpenAI-compatible provider (the model rewritten the same way): what routing alone
+    # costs, so that *-anthropic minus *-routed is the translation.
+    routed = {
+        "FASTPROXY_PROVIDERS": json.dumps({"oai": {"base_url": "{upstream_url}"}}),
+        "FASTPROXY_ROUTES": json.dumps({"gpt-4o-mini": {"targets": [{"provider": "oai", "model": "claude-bench"}]}}),
+    }
+    out["full-routed"] = ProxyConfig("full-routed", {**full.env, **routed}, full.key)
+    out["bare-routed"] = ProxyConfig("bare-routed", {**BARE, **routed})
     # The upstream client on its own: bare with aiohttp instead of the default pyreqwest.
     out["bare-aiohttp"] = ProxyConfig("bare-aiohttp", {**BARE, "FASTPROXY_UPSTREAM_CLIENT": "aiohttp"})
     return out

@@ -231,6 +231,16 @@ CANNED_CHAT = (
     '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"system_fingerprint":"fp_0ba0d124f1"}'
 )
 
+# The same answer as Anthropic's Messages API gives it (for the `*-anthropic` configurations).
+CANNED_MESSAGE = (
+    '{"id":"msg_01XbenchBenchBenchBench0001","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",'
+    '"content":[{"type":"text","text":"Sure! Here is a short answer to your question: the capital of France is '
+    'Paris. It is known for the Eiffel Tower, the Louvre and its cafes."}],"stop_reason":"end_turn",'
+    '"stop_sequence":null,"usage":{"input_tokens":42,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
+    '"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":31,'
+    '"service_tier":"standard"}}'
+)
+
 
 def post(url: str, body: str, key: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> bytes:
     """One request from the harness: the sanity check before a configuration is loaded."""
@@ -377,27 +387,42 @@ http {{
         location = /v1/chat/completions {{
             {location}
         }}
+        location = /v1/messages {{
+            {messages}
+        }}
     }}
 }}
 """
 
 
-def _run_nginx(d: Path, main: str = "", http: str = "", location: str = "") -> tuple[subprocess.Popen[bytes], int]:
+def _run_nginx(
+    d: Path, main: str = "", http: str = "", location: str = "", messages: str = "return 404;"
+) -> tuple[subprocess.Popen[bytes], int]:
     """nginx from NGINX_CONF in directory `d`, its one worker on the load CPU; (process, port)."""
     d.mkdir(exist_ok=True)
     port = free_port()
     affinity = "1".ljust(LOAD_CPU + 1, "0")[::-1]  # bitmask, rightmost = CPU 0
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(main=main, affinity=affinity, dir=d, http=http, port=port, location=location))
+    conf.write_text(
+        NGINX_CONF.format(
+            main=main, affinity=affinity, dir=d, http=http, port=port, location=location, messages=messages
+        )
+    )
     proc = spawn(pinned(LOAD_CPU, [NGINX, "-c", str(conf), "-p", f"{d}/"]), os.environ, d / "stdout.log")
     wait_port(port, proc)
     return proc, port
 
 
 def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """nginx answering POST /v1/chat/completions with CANNED_CHAT."""
-    assert "'" not in CANNED_CHAT and "$" not in CANNED_CHAT  # would break nginx's quoted string
-    return _run_nginx(workdir / "nginx", location=f"default_type application/json; return 200 '{CANNED_CHAT}';")
+    """nginx answering POST /v1/chat/completions with CANNED_CHAT, and Anthropic's POST /v1/messages with
+    CANNED_MESSAGE (the same answer: what an `anthropic` provider's translation costs, beside the byte-exact path)."""
+    for canned in (CANNED_CHAT, CANNED_MESSAGE):
+        assert "'" not in canned and "$" not in canned  # would break nginx's quoted string
+    return _run_nginx(
+        workdir / "nginx",
+        location=f"default_type application/json; return 200 '{CANNED_CHAT}';",
+        messages=f"default_type application/json; return 200 '{CANNED_MESSAGE}';",
+    )
 
 
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # Debian: libnginx-mod-http-echo

@@ -5,6 +5,7 @@
     python -m bench.interleaved --rounds 8 --cycles 8              # 8 sets of fresh processes, pooled
     python -m bench.interleaved --pool bench/out/interleaved-A.json bench/out/interleaved-B.json
     python -m bench.interleaved --configs full,full@BENCH_LOAD=messages   # chat vs /v1/messages translated
+    python -m bench.interleaved --configs full,full-anthropic --stream   # streams of 50 content events
 
 The suite's closed-loop rounds restart each proxy for each round and measure its configurations
 minutes apart; on a shared 2-core VM the CPU per request then moves by 15-30 points between rounds,
@@ -45,6 +46,7 @@ from bench.harness import (
     backing_services_on,
     redis_cluster,
     scratch_dir,
+    start_mock,
     start_nginx,
     stop,
     wrk,
@@ -53,6 +55,8 @@ from bench.stats import median
 from bench.targets import Target, chat_load, messages_load, start_target
 
 CONTROL = "control"
+# Content events per stream with --stream (the mock's words); the stream adds its own opening and closing events.
+STREAM_CHUNKS = 50
 
 
 # One round (one start of every proxy): CPU seconds and completed requests, each indexed [proxy][cycle].
@@ -109,7 +113,7 @@ def _round(
         for i in order:
             # `NAME@BENCH_LOAD=messages`: this proxy is loaded on /v1/messages (the Anthropic ingress, translated).
             translated = configs[names[0] if labels[i] == CONTROL else labels[i]].env.get("BENCH_LOAD") == "messages"
-            loads[i] = (messages_load if translated else chat_load)(targets[i], work)
+            loads[i] = messages_load(targets[i], work) if translated else chat_load(targets[i], work, a.stream)
             wrk(*loads[i], a.warmup, a.conns)
         for cycle in range(a.cycles):
             shift = cycle % len(order)
@@ -189,6 +193,12 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load per proxy before a round's first cycle")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--no-control", action="store_true", help="do not start the baseline a second time")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="streamed chat (include_usage) from `fastproxy mock-upstream --chunks 50` instead of nginx's canned "
+        "answer: CPU per stream; the mock answers both OpenAI's and Anthropic's stream",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--results", type=Path, help="append the markdown table to this file")
     p.add_argument(
@@ -210,7 +220,7 @@ def main() -> None:
             bk.redis_cluster_url = stack.enter_context(redis_cluster(Path(tmp)))
         placed = stack.enter_context(backing_services_on(LOAD_CPU))
         work = Path(tmp)
-        nginx, nginx_port = start_nginx(work)
+        nginx, nginx_port = start_mock(work, chunks=STREAM_CHUNKS, delay_ms=0) if a.stream else start_nginx(work)
         try:
             for number in range(a.rounds):
                 rounds.append(_round(a, labels, names, configs, f"http://127.0.0.1:{nginx_port}", bk, work, number))
@@ -218,7 +228,8 @@ def main() -> None:
             stop(nginx)
 
     lines = [
-        f"Interleaved CPU per request: {len(labels)} proxies up at once on CPU 0, wrk -t1 -c{a.conns} "
+        f"Interleaved CPU per {'stream (50 content events, mock-upstream)' if a.stream else 'request'}: "
+        f"{len(labels)} proxies up at once on CPU 0, wrk -t1 -c{a.conns} "
         f"loading one at a time for {a.slice:g} s, {a.cycles} cycles per round, order rotated each cycle; "
         f"{a.rounds} round{'s' if a.rounds > 1 else ''} (every proxy started afresh each round); "
         f"{platform.python_implementation()} {platform.python_version()}, "

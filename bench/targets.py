@@ -14,6 +14,7 @@ from bench.harness import (
     PROXY_CPU,
     PY,
     REPO,
+    STREAM_BODY,
     Backing,
     free_port,
     pinned,
@@ -128,10 +129,17 @@ def messages_load(target: Target, workdir: Path) -> tuple[str, Path]:
     return url, write_lua(workdir / f"load-messages-{target.pid}.lua", target.key, [MESSAGES_BODY])
 
 
-def chat_load(target: Target, workdir: Path) -> tuple[str, Path]:
-    """Check that `target` answers the suite's chat request; the URL and the wrk script that load it."""
+def chat_load(target: Target, workdir: Path, stream: bool = False) -> tuple[str, Path]:
+    """Check that `target` answers the suite's chat request (streamed: STREAM_BODY, to its [DONE]); the URL
+    and the wrk script that load it."""
     url = target.base + CHAT
-    reply = post(url, CHAT_BODY, target.key)
-    if b'"chat.completion"' not in reply:
+    body = STREAM_BODY if stream else CHAT_BODY
+    reply = post(url, body, target.key)
+    ok = (
+        b'"chat.completion.chunk"' in reply and reply.endswith(b"data: [DONE]\n\n")
+        if stream
+        else b'"chat.completion"' in reply
+    )
+    if not ok:
         raise SystemExit(f"{target.name}: unexpected reply {reply[:200]!r}")
-    return url, write_lua(workdir / f"load-{target.pid}.lua", target.key, [CHAT_BODY])
+    return url, write_lua(workdir / f"load-{target.pid}.lua", target.key, [body])

@@ -25,6 +25,7 @@ from time import monotonic, perf_counter
 
 from fastproxy.core.drain import STREAM_CUT
 from fastproxy.core.errors import (
+    InvalidRequest,
     ProxyError,
     UpstreamError,
     UpstreamTimeout,
@@ -38,8 +39,9 @@ from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, MessagesCommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
 from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
-from fastproxy.proxy.sse import SSEWatcher, Watcher
+from fastproxy.proxy.sse import SSEWatcher, StreamWatcher
 from fastproxy.server.state import State
+from fastproxy.translate.anthropic_chat import AnthropicChat, MalformedAnswer, for_attempt
 from fastproxy.upstream import HeaderList, UpstreamResponse
 from fastproxy.upstream.providers import LiveKey
 from fastproxy.upstream.router import Failure, LiveTarget, Plan
@@ -220,10 +222,20 @@ async def _attempt(
 ) -> None:
     provider = target.provider
     model = plan.upstream_model(target)
+    translation: AnthropicChat | None = None
     ingress = out.ingress
     if ingress is None:
         url = provider.url(tail, model, query)
+        if provider.translates:  # another wire format (Anthropic): chosen once per attempt, by provider type
+            try:
+                translation = for_attempt(tail, body, model, out.stream, out.injected,
+                                          provider.default_max_tokens or state.settings.default_max_tokens)  # fmt: skip
+            except InvalidRequest:
+                key.breaker.probing = False  # nothing was sent: a probe that never happened
+                raise
         payload = body if model == out.model else with_model(body, model)
+        if translation is not None:
+            payload = translation.body
         sent_headers = [*headers, *key.headers]
     else:  # Anthropic ingress: this provider's leg says what it is sent and what the client gets (proxy/messages.py)
         leg = out.leg = ingress.leg(provider)
@@ -237,7 +249,7 @@ async def _attempt(
     target.inflight += 1
     try:
         await _exchange(state, target, key, url, method, sent_headers, payload, send, request_id, extra_headers, out,
-                        started)  # fmt: skip
+                        started, translation)  # fmt: skip
     finally:
         key.inflight -= 1
         target.inflight -= 1
@@ -256,15 +268,16 @@ async def _exchange(
     extra_headers: RawHeaders,
     out: Outcome,
     started: float,
+    translation: AnthropicChat | None,
 ) -> None:
     provider = target.provider
     timeout = provider.first_token_timeout
     try:
         if timeout is None:  # no timer at all: asyncio.timeout(None) alone costs ~1.6 µs a request
-            first = await _first_answer(state, method, url, headers, body, out)
+            first = await _first_answer(state, method, url, headers, body, out, translation)
         else:
             async with asyncio.timeout(timeout):
-                first = await _first_answer(state, method, url, headers, body, out)
+                first = await _first_answer(state, method, url, headers, body, out, translation)
     except TimeoutError as exc:
         timed_out = UpstreamTimeout("The upstream provider did not send its first token in time.")
         raise _Failed(Failure.TARGET, "first_token_timeout", error=timed_out) from exc
@@ -308,11 +321,20 @@ async def _exchange(
     target.ewma_ms = _ewma(target.ewma_ms, (out.ttfb - started) * 1000)
 
 
-_First = tuple[UpstreamResponse, int, Watcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
+_First = tuple[UpstreamResponse, int, StreamWatcher | None, AsyncIterator[bytes] | None, list[bytes], bytes]
 
 
-async def _first_answer(state: State, method: str, url: str, headers: HeaderList, body: bytes, out: Outcome) -> _First:
+async def _first_answer(
+    state: State,
+    method: str,
+    url: str,
+    headers: HeaderList,
+    body: bytes,
+    out: Outcome,
+    translation: AnthropicChat | None,
+) -> _First:
     """Send, and read up to the commit point: a whole non-streamed body, or a stream's first content delta.
+    With a translation, what is returned is already in the client's format (OpenAI's).
 
     Raises _Failed (the upstream's answer says fall back) or UpstreamError; the response is released or
     aborted before anything is raised.
@@ -323,6 +345,8 @@ async def _first_answer(state: State, method: str, url: str, headers: HeaderList
         status = resp.status
         if status >= 400:
             data = await resp.read()
+            if translation is not None:
+                status, data = translation.error(status, data)
             kind = _classify(status, data)
             if kind is not None:
                 await resp.release()
@@ -334,14 +358,31 @@ async def _first_answer(state: State, method: str, url: str, headers: HeaderList
         leg = out.leg
         if _is_sse(resp.headers):
             chunks = resp.chunks().__aiter__()
-            if leg is None:
-                watcher: Watcher = SSEWatcher(strip=out.injected)
-                return resp, status, watcher, chunks, await _until_commit(chunks, watcher, CommitPoint()), b""
-            watcher = leg.watcher()
-            return resp, status, watcher, chunks, await _until_commit(chunks, watcher, leg.commit_point()), b""
-        if leg is None:
-            return resp, status, None, None, [], await resp.read()
-        return resp, status, None, None, [], leg.response(await resp.read(), out)
+            if translation is not None:
+                translator = translation.stream()
+                return resp, status, translator, chunks, await _until_commit(chunks, translator, True), b""
+            if leg is not None:
+                watcher = leg.watcher()
+                return (
+                    resp,
+                    status,
+                    watcher,
+                    chunks,
+                    await _until_commit(chunks, watcher, False, leg.commit_point()),
+                    b"",
+                )
+            watcher = SSEWatcher(strip=out.injected)
+            return resp, status, watcher, chunks, await _until_commit(chunks, watcher), b""
+        data = await resp.read()
+        if translation is not None:
+            try:
+                data = translation.response(data)
+            except MalformedAnswer as exc:
+                unreadable = UpstreamError(f"The upstream provider's answer could not be read: {exc}")
+                raise _Failed(Failure.TARGET, "malformed_response", error=unreadable) from exc
+        elif leg is not None:
+            data = leg.response(data, out)  # MalformedUpstream (an UpstreamError) falls back like any failure
+        return resp, status, None, None, [], data
     except BaseException:
         if not released:
             await resp.abort()
@@ -357,9 +398,16 @@ def _is_sse(headers: RawHeaders) -> bool:
 
 
 async def _until_commit(
-    chunks: AsyncIterator[bytes], watcher: Watcher, commit: CommitPoint | MessagesCommitPoint
+    chunks: AsyncIterator[bytes],
+    watcher: StreamWatcher,
+    translated: bool = False,
+    commit: CommitPoint | MessagesCommitPoint | None = None,
 ) -> list[bytes]:
-    """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first."""
+    """Read and hold the stream's bytes until its first content delta; raise _Failed if it breaks first.
+    A translated stream is judged on what the client would get (the translator's output); an ingress leg
+    brings the commit point of its upstream's format (proxy/messages.py)."""
+    if commit is None:
+        commit = CommitPoint()
     held: list[bytes] = []
     iterator = chunks.__anext__
     while True:
@@ -372,8 +420,12 @@ async def _until_commit(
             if watcher.ended:
                 return held  # a whole stream with no content at all: complete as it is
             raise _Failed(Failure.TARGET, "stream_cut") from None
-        verdict = commit.feed(chunk)
-        forwarded = watcher.feed(chunk)
+        if translated:
+            forwarded = watcher.feed(chunk)
+            verdict = commit.feed(forwarded) if forwarded else Verdict.WAIT
+        else:
+            verdict = commit.feed(chunk)
+            forwarded = watcher.feed(chunk)
         if forwarded:
             held.append(forwarded)
         if verdict is Verdict.COMMIT:
@@ -387,7 +439,7 @@ async def _rest_of_stream(
     key: LiveKey,
     resp: UpstreamResponse,
     chunks: AsyncIterator[bytes],
-    watcher: Watcher,
+    watcher: StreamWatcher,
     send: Send,
     out: Outcome,
     idle: float | None,
@@ -416,7 +468,7 @@ async def _rest_of_stream(
                 out.tee.chunk(tail)
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not watcher.ended:
-            failed = "upstream_stream_cut"
+            failed = watcher.failure or "upstream_stream_cut"
     except TimeoutError:
         failed = "upstream_stream_idle"
         await resp.abort()
@@ -449,9 +501,8 @@ async def _rest_of_stream(
         if key.breaker.failure(monotonic()):
             state.router.opened(key)
         log.warning("upstream stream failed after its first token (%s); the client got an error event", failed)
-        message = "The upstream stream broke off after it had started; the answer is incomplete."
-        if out.leg is None:
-            await send({"type": "http.response.body", "body": error_event(message, failed), "more_body": True})
-        elif not watcher.errored:  # a translated upstream error event already ended the client's stream
-            await send({"type": "http.response.body", "body": out.leg.error_event(message), "more_body": True})
+        if watcher.failure is None:  # a translator writes its own error event, with the upstream's reason
+            message = "The upstream stream broke off after it had started; the answer is incomplete."
+            event = error_event(message, failed) if out.leg is None else out.leg.error_event(message)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

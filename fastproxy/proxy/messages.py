@@ -26,7 +26,7 @@ from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, MessagesCommitPoint
 from fastproxy.proxy.exchange import Outcome
 from fastproxy.proxy.headers import proxy_timing
-from fastproxy.proxy.sse import Watcher
+from fastproxy.proxy.sse import StreamWatcher
 from fastproxy.translate.ingress_request import (
     MessagesRequest,
     UnsupportedField,
@@ -72,7 +72,7 @@ class Leg(Protocol):
     def url(self, provider: LiveProvider, model: str, query: str) -> str: ...
     def payload(self, model: str) -> bytes: ...
     def headers(self, client: HeaderList, provider: tuple[tuple[str, str], ...]) -> HeaderList: ...
-    def watcher(self) -> Watcher: ...
+    def watcher(self) -> StreamWatcher: ...
     def commit_point(self) -> CommitPoint | MessagesCommitPoint: ...
     def response(self, data: bytes, out: Outcome) -> bytes:
         """The client's body for a 2xx non-streamed answer; sets out.usage. May raise MalformedUpstream."""
@@ -105,7 +105,7 @@ class _Passthrough:
             return [*client, *provider]
         return [*client, *(h for h in provider if h[0] not in self._versioned)]
 
-    def watcher(self) -> Watcher:
+    def watcher(self) -> StreamWatcher:
         return MessagesWatcher()
 
     def commit_point(self) -> MessagesCommitPoint:
@@ -142,7 +142,7 @@ class _Translated:
     def headers(self, client: HeaderList, provider: tuple[tuple[str, str], ...]) -> HeaderList:
         return [*(h for h in client if not h[0].startswith("anthropic-")), *provider]
 
-    def watcher(self) -> Watcher:
+    def watcher(self) -> StreamWatcher:
         return ChatToMessagesStream(self._stop, self._estimate)
 
     def commit_point(self) -> CommitPoint:

@@ -44,21 +44,19 @@ def _event_payload(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-class Watcher(Protocol):
-    """What the stream loop (proxy/failover.py) needs of a stream's watcher: this module's SSEWatcher, or a
-    translator of another wire format (fastproxy/translate) with the same surface."""
-
-    usage: TokenUsage | None
-    events: int
+class StreamWatcher(Protocol):
+    """What the request path needs of a stream's watcher: this SSEWatcher, or a translator that rewrites
+    another provider's stream (fastproxy/translate) as it goes."""
 
     @property
-    def ended(self) -> bool:
-        """The stream's proper end was seen (or sent)."""
-        ...
-
+    def usage(self) -> TokenUsage | None: ...
     @property
-    def errored(self) -> bool:
-        """An error event already ended the client's stream: the proxy adds none of its own."""
+    def events(self) -> int: ...
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def failure(self) -> str | None:
+        """Set when the watcher itself wrote the client's error event (its code): nothing is added after it."""
         ...
 
     def feed(self, chunk: bytes) -> bytes: ...
@@ -73,12 +71,12 @@ class SSEWatcher:
     for its end: real providers send one event per chunk, so in practice nothing waits.
     """
 
-    __slots__ = ("_last", "_pending", "events", "strip", "usage")
-    # The upstream's error event is forwarded as it came and the proxy adds its own after it.
-    errored = False
+    __slots__ = ("_last", "_pending", "events", "failure", "strip", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
+        # Bytes pass through: an upstream's own error event is forwarded, never written by this watcher.
+        self.failure: str | None = None
         self.usage: TokenUsage | None = None
         self.events = 0
         self._pending = b""

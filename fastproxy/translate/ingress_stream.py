@@ -159,7 +159,7 @@ class ChatToMessagesStream:
     """Feed it the upstream's raw SSE chunks; it returns the Anthropic events to send (bytes, maybe empty).
 
     The same surface as proxy/sse.py's SSEWatcher: `usage` (the upstream's, once reported), `events`
-    (upstream events seen), `ended` (message_stop was sent), `errored` (an error event was sent).
+    (upstream events seen), `ended` (message_stop was sent), `failure` (set once an error event was sent).
     """
 
     __slots__ = (
@@ -177,8 +177,8 @@ class ChatToMessagesStream:
         "_stop_sequences",
         "_usage",
         "ended",
-        "errored",
         "events",
+        "failure",
         "usage",
     )
 
@@ -199,7 +199,8 @@ class ChatToMessagesStream:
         self.usage: TokenUsage | None = None
         self.events = 0
         self.ended = False
-        self.errored = False
+        # Set (the usage row's error) once this translator wrote the client's error event: nothing follows it.
+        self.failure: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
@@ -209,13 +210,13 @@ class ChatToMessagesStream:
         else:
             parts = _EVENT_SPLIT.split(data)
             self._pending = parts.pop()
-        out = [self._event(part) for part in parts if part and not (self.ended or self.errored)]
+        out = [self._event(part) for part in parts if part and not (self.ended or self.failure)]
         return b"".join(out)
 
     def finish(self) -> bytes:
         """The upstream ended: an event left without its blank line is still read."""
         rest, self._pending = self._pending, b""
-        if not rest.strip() or self.ended or self.errored:
+        if not rest.strip() or self.ended or self.failure:
             return b""
         return self._event(rest)
 
@@ -238,7 +239,7 @@ class ChatToMessagesStream:
                 "The upstream provider sent a stream event that is not a chat completion chunk."
             ) from exc
         if chunk.error is not None:
-            self.errored = True
+            self.failure = "upstream_stream_error"
             err = chunk.error
             message = err if isinstance(err, str) else err.message or "The upstream provider reported an error."
             status = 429 if not isinstance(err, str) and err.type in ("requests", "tokens") else 500

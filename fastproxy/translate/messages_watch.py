@@ -66,7 +66,7 @@ def payload(event: bytes) -> bytes:
 class MessagesWatcher:
     """Feed it the upstream's chunks; each is returned unchanged. Same surface as proxy/sse.py's SSEWatcher."""
 
-    __slots__ = ("_pending", "_usage", "ended", "errored", "events", "usage")
+    __slots__ = ("_pending", "_usage", "ended", "events", "failure", "usage")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -74,7 +74,8 @@ class MessagesWatcher:
         self.usage: TokenUsage | None = None
         self.events = 0
         self.ended = False
-        self.errored = False
+        # The upstream's own `error` event went to the client as it came: the proxy adds none after it.
+        self.failure: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
@@ -104,7 +105,7 @@ class MessagesWatcher:
         if kind == "message_stop":
             self.ended = True
         elif kind == "error":
-            self.errored = True
+            self.failure = "upstream_stream_error"
         elif usage is not None and kind in ("message_start", "message_delta"):
             mine = self._usage
             for name in AnthropicUsage.__struct_fields__:
