@@ -77,6 +77,7 @@ async def env(mock: Server, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         "malformed": {"targets": [{"provider": "default", "model": "mock-model~malformed_after=3"}]},
         "midstream": {"targets": [{"provider": "default", "model": "mock-model~error_event_after=3"}]},
         "cached": {"targets": [{"provider": "default", "model": "mock-model~cache_read=100"}]},
+        "claude-malformed": {"targets": [{"provider": "claude", "model": "claude-mock~malformed_after=2"}]},
     }
     proxy = start_proxy(
         mock.url + "/v1",
@@ -262,6 +263,19 @@ async def test_malformed_and_error_events_end_the_stream_with_an_error(env: Env)
 # --- an anthropic provider ------------------------------------------------------------------------------
 
 
+async def test_anthropic_provider_malformed_event_then_an_error_event(env: Env) -> None:
+    """Passed through as it came, the bad event; then, the stream having no message_stop, the proxy's error."""
+    body = {"model": "claude-malformed", "max_tokens": 100, "stream": True, "messages": HELLO}
+    headers = {"x-api-key": env.keys["plain"], "x-mock-delay-ms": "30", **VERSION}
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(env.proxy.url + "/v1/messages", json=body, headers=headers)
+    assert resp.status_code == 200
+    names = [line[7:] for line in resp.text.split("\n") if line.startswith("event: ")]
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    row = await _usage_row(env, resp.headers["x-request-id"])
+    assert row["partial"] and row["error"] == "upstream_stream_cut"
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_anthropic_provider_byte_for_byte(env: Env, streamed: bool) -> None:
     body = {"model": "claude-mock", "max_tokens": 100, "stream": streamed, "messages": HELLO, "tools": [WEATHER, TIME]}
@@ -297,9 +311,10 @@ async def test_count_tokens(env: Env) -> None:
         direct = (await http.post(env.mock.url + "/v1/messages/count_tokens", json=body, headers=VERSION)).json()
     async with env.client() as client:
         passed = await client.messages.count_tokens(model="claude-sonnet", messages=HELLO)
+        addressed = await client.messages.count_tokens(model="claude/claude-mock", messages=HELLO)
         # A model only an OpenAI-compatible provider serves: the proxy's own estimate, never 0.
         estimated = await client.messages.count_tokens(model="mock-model", messages=HELLO, tools=[WEATHER])
-    assert passed.input_tokens == direct["input_tokens"]
+    assert passed.input_tokens == addressed.input_tokens == direct["input_tokens"]
     assert estimated.input_tokens > 0
 
 
