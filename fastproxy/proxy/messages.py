@@ -127,8 +127,14 @@ class _Translated:
 
     __slots__ = ("_body", "_client_model", "_estimate", "_stop")
 
-    def __init__(self, request: MessagesRequest, estimate: int) -> None:
-        self._body = encode_chat(to_chat(request))
+    def __init__(self, body: bytes, estimate: int) -> None:
+        """Decode and translate the request once; InvalidRequest names what can't be (before anything is taken
+        from the limits or sent upstream)."""
+        try:
+            request = decode_request(body)
+            self._body = encode_chat(to_chat(request))
+        except UnsupportedField as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from exc
         self._client_model = request.model
         self._stop = request.stop_sequences
         self._estimate = estimate
@@ -199,19 +205,9 @@ def prepare(
         anthropic_only = [t for group in route.groups for t in group if t.provider.type == "anthropic"]
         route = LiveRoute(route.name, anthropic_only, route.max_attempts, direct=route.direct, config=route.config)
     elif other:
-        request = _decode(body)
-        translated = _Translated(request, out.prompt_estimate)
+        translated = _Translated(body, out.prompt_estimate)
     out.ingress = Ingress(_Passthrough(body, view.model or "", tail, versioned), translated)
     return route
-
-
-def _decode(body: bytes) -> MessagesRequest:
-    try:
-        request = decode_request(body)
-        to_chat(request)  # every unsupported field is named here, before anything is taken or sent
-    except UnsupportedField as exc:
-        raise InvalidRequest(exc.message, param=exc.param) from exc
-    return request
 
 
 async def count_locally(body: bytes, send: Send, request_id: bytes, extra: RawHeaders, out: Outcome) -> None:
