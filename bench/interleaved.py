@@ -113,7 +113,7 @@ def _round(
         for i in order:
             # `NAME@BENCH_LOAD=messages`: this proxy is loaded on /v1/messages (the Anthropic ingress, translated).
             translated = configs[names[0] if labels[i] == CONTROL else labels[i]].env.get("BENCH_LOAD") == "messages"
-            loads[i] = messages_load(targets[i], work) if translated else chat_load(targets[i], work, a.stream)
+            loads[i] = (messages_load if translated else chat_load)(targets[i], work, a.stream)
             wrk(*loads[i], a.warmup, a.conns)
         for cycle in range(a.cycles):
             shift = cycle % len(order)

@@ -120,13 +120,16 @@ def start_target(name: str, configs: dict[str, ProxyConfig], upstream: str, back
     return target
 
 
-def messages_load(target: Target, workdir: Path) -> tuple[str, Path]:
-    """As chat_load, for the Anthropic ingress (`POST /v1/messages`, translated to chat completions and back)."""
+def messages_load(target: Target, workdir: Path, stream: bool = False) -> tuple[str, Path]:
+    """As chat_load, for the Anthropic ingress (`POST /v1/messages`, translated to chat completions and back;
+    streamed: to its message_stop)."""
     url = target.base + MESSAGES
-    reply = post(url, MESSAGES_BODY, target.key)
-    if b'"type":"message"' not in reply:
+    body = MESSAGES_BODY.replace('"max_tokens":128,', '"max_tokens":128,"stream":true,') if stream else MESSAGES_BODY
+    reply = post(url, body, target.key)
+    ok = reply.endswith(b'{"type":"message_stop"}\n\n') if stream else b'"type":"message"' in reply
+    if not ok:
         raise SystemExit(f"{target.name}: unexpected reply {reply[:200]!r}")
-    return url, write_lua(workdir / f"load-messages-{target.pid}.lua", target.key, [MESSAGES_BODY])
+    return url, write_lua(workdir / f"load-messages-{target.pid}.lua", target.key, [body])
 
 
 def chat_load(target: Target, workdir: Path, stream: bool = False) -> tuple[str, Path]:
