@@ -222,6 +222,7 @@ async def _attempt(
     model = plan.upstream_model(target)
     url = provider.url(tail, model, query)
     translation: AnthropicChat | None = None
+    payload = body
     if provider.translates:  # another wire format (Anthropic): chosen once per attempt, by provider type
         try:
             translation = for_attempt(tail, body, model, out.stream, out.injected,
@@ -229,9 +230,10 @@ async def _attempt(
         except InvalidRequest:
             key.breaker.probing = False  # nothing was sent: a probe that never happened
             raise
-    payload = body if model == out.model else with_model(body, model)
-    if translation is not None:
-        payload = translation.body
+        if translation is not None:
+            payload = translation.body
+    if model != out.model and translation is None:
+        payload = with_model(body, model)
     out.provider, out.upstream_model = provider.name, model
     started = perf_counter()
     if out.sent is None:
@@ -293,7 +295,7 @@ async def _exchange(
     if watcher is None or chunks is None:
         await resp.release()
         if status < 300:
-            out.usage = usage_from_json(data)[0]
+            out.usage = usage_from_json(data)[0] if translation is None else translation.usage
         if tee is not None:  # cache hook: the whole body, stored when it is a 200
             tee.chunk(data)
             tee.end(out.usage)
