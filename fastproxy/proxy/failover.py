@@ -226,6 +226,7 @@ async def _attempt(
     ingress = out.ingress
     if ingress is None:
         url = provider.url(tail, model, query)
+        payload = body
         if provider.translates:  # another wire format (Anthropic): chosen once per attempt, by provider type
             try:
                 translation = for_attempt(tail, body, model, out.stream, out.injected,
@@ -233,9 +234,10 @@ async def _attempt(
             except InvalidRequest:
                 key.breaker.probing = False  # nothing was sent: a probe that never happened
                 raise
-        payload = body if model == out.model else with_model(body, model)
-        if translation is not None:
-            payload = translation.body
+            if translation is not None:
+                payload = translation.body
+        if model != out.model and translation is None:
+            payload = with_model(body, model)
         sent_headers = [*headers, *key.headers]
     else:  # Anthropic ingress: this provider's leg says what it is sent and what the client gets (proxy/messages.py)
         leg = out.leg = ingress.leg(provider)
@@ -301,8 +303,8 @@ async def _exchange(
         tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
     if watcher is None or chunks is None:
         await resp.release()
-        if status < 300 and out.leg is None:
-            out.usage = usage_from_json(data)[0]
+        if status < 300 and out.leg is None:  # an ingress leg set the usage as it translated (proxy/messages.py)
+            out.usage = usage_from_json(data)[0] if translation is None else translation.usage
         if tee is not None:  # cache hook: the whole body, stored when it is a 200
             tee.chunk(data)
             tee.end(out.usage)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from time import time
 
 from fastproxy.core.errors import InvalidRequest
+from fastproxy.core.schemas import TokenUsage
 from fastproxy.translate.chat_to_messages import chat_to_messages
 from fastproxy.translate.messages_stream import MessagesToChatStream
 from fastproxy.translate.messages_to_chat import MalformedAnswer, message_to_chat, openai_error
@@ -25,18 +26,21 @@ NATIVE_TAILS = ("/messages", "/messages/count_tokens", "/models")
 
 
 class AnthropicChat:
-    __slots__ = ("body", "created", "include_usage")
+    __slots__ = ("body", "created", "include_usage", "usage")
 
     def __init__(self, body: bytes, model: str, include_usage: bool, default_max_tokens: int) -> None:
         self.body = chat_to_messages(body, model, default_max_tokens)
         self.include_usage = include_usage
         self.created = int(time())
+        # A non-streamed answer's usage, known once response() has read it (no second decode).
+        self.usage: TokenUsage | None = None
 
     def error(self, status: int, data: bytes) -> tuple[int, bytes]:
         return openai_error(status, data)
 
     def response(self, data: bytes) -> bytes:
-        return message_to_chat(data, self.created)[0]
+        out, self.usage = message_to_chat(data, self.created)
+        return out
 
     def stream(self) -> MessagesToChatStream:
         return MessagesToChatStream(self.include_usage, self.created)

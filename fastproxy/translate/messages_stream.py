@@ -72,7 +72,8 @@ class MessagesToChatStream:
         # Anthropic block index -> OpenAI tool call index, and the calls that received arguments.
         self._calls: dict[int, int] = {}
         self._with_args: set[int] = set()
-        self._made_calls = False
+        # Tool calls made so far (the next one's OpenAI index).
+        self._made_calls = 0
         self._stop_reason: str | None = None
         self._usage: a.Usage | None = None
         self.id = ""
@@ -149,6 +150,8 @@ class MessagesToChatStream:
                 index = self._calls.get(ev.index if ev.index is not None else -1)
                 if index is None:
                     return self._fail(MALFORMED_EVENT, "The upstream provider sent tool input for an unknown block.")
+                if index < 0:
+                    return b""  # a server tool's input (server_tool_use): Anthropic's own business
                 self._with_args.add(index)
                 fragment = _encode(delta.partial_json)
                 return self._chunk(b'{"tool_calls":[{"index":%d,"function":{"arguments":%s}}]}' % (index, fragment))
@@ -159,7 +162,7 @@ class MessagesToChatStream:
             return self._block_start(ev)
         if kind == "content_block_stop":
             index = self._calls.get(ev.index if ev.index is not None else -1)
-            if index is None or index in self._with_args:
+            if index is None or index < 0 or index in self._with_args:
                 return b""
             return self._chunk(b'{"tool_calls":[{"index":%d,"function":{"arguments":"{}"}}]}' % index)
         if kind == "message_delta":
@@ -190,15 +193,18 @@ class MessagesToChatStream:
         if block is None:
             return b""
         if block.type == "tool_use":
-            index = len(self._calls)
+            index = self._made_calls
+            self._made_calls += 1
             self._calls[ev.index if ev.index is not None else -1] = index
-            self._made_calls = True
             first = b'{"tool_calls":[{"index":%d,"id":%s,"type":"function","function":{"name":%s,"arguments":""}}]}' % (
                 index,
                 _encode(block.id or ""),
                 _encode(block.name or ""),
             )
             return self._chunk(first)
+        if block.type == "server_tool_use":
+            self._calls[ev.index if ev.index is not None else -1] = -1
+            return b""
         if block.type == "text" and block.text:
             return self._chunk(b'{"content":' + _encode(block.text) + b"}")
         if block.type == "thinking" and block.thinking:
@@ -223,7 +229,7 @@ class MessagesToChatStream:
 
     def _end(self) -> bytes:
         self.done = True
-        reason = finish_reason(self._stop_reason, self._made_calls).encode()
+        reason = finish_reason(self._stop_reason, self._made_calls > 0).encode()
         suffix_usage = b',"usage":null' if self._include_usage else b""
         out = self._prefix + b'{},"logprobs":null,"finish_reason":"' + reason + b'"}]' + suffix_usage + b"}\n\n"
         if self._include_usage:

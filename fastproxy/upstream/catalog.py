@@ -92,7 +92,7 @@ class Catalog:
         if provider.type == "azure":
             url = f"{provider.base_url}/openai/models?api-version={provider.api_version}"
         elif provider.type == "anthropic":
-            url = provider.base_url + "/v1/models"
+            url = provider.base_url + "/v1/models?limit=1000"  # Anthropic pages its list (20 by default)
         else:
             url = provider.base_url + "/models"
         try:

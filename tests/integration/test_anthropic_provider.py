@@ -159,6 +159,15 @@ async def test_chat_and_streamed_chat_with_usage_rows(
         assert row["cost_usd"] == pytest.approx(_cost(got.prompt_tokens, 0, got.completion_tokens))
 
 
+async def test_the_anthropic_provider_models_are_listed(sdk: openai.AsyncOpenAI) -> None:
+    for _ in range(100):  # the catalog is fetched in the background at startup
+        ids = [m.id async for m in sdk.models.list()]
+        if "anth/gpt-4o-mini" in ids:
+            break
+        await asyncio.sleep(0.05)
+    assert "mock-model" in ids and "anth/gpt-4o-mini" in ids  # the route, and the provider's own list
+
+
 async def test_cache_tokens_are_counted_once_and_priced_as_cached(
     sdk: openai.AsyncOpenAI, routed: tuple[Server, Path]
 ) -> None:

@@ -188,3 +188,29 @@ def test_tool_input_for_a_block_never_started_is_malformed() -> None:
     out = translator.feed(_sse(stray)[0])
     assert json.loads(out[6:])["error"]["code"] == "upstream_malformed_event"
     assert translator.failure == "upstream_malformed_event" and not translator.ended
+
+
+def test_server_tool_blocks_are_not_tool_calls() -> None:
+    translator = MessagesToChatStream(False, 1)
+    events = _sse(
+        {"type": "message_start", "message": {"id": "m", "model": "c"}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "server_tool_use", "id": "s", "name": "web_search"},
+        },
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"q":1}'}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}},
+        {"type": "message_stop"},
+    )
+    out = b"".join(translator.feed(e) for e in events).decode()
+    docs = [json.loads(line[6:]) for line in out.split("\n\n") if line.startswith("data: {")]
+    calls = [c for d in docs for c in d["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls == [
+        {"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": ""}},
+        {"index": 0, "function": {"arguments": "{}"}},
+    ]
+    assert docs[-1]["choices"][0]["finish_reason"] == "tool_calls" and translator.ended
