@@ -239,6 +239,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
         mock.wait(timeout=10)
 
 
+def cmd_openapi(args: argparse.Namespace) -> None:
+    """Print the OpenAPI document (or write it to --output); --check: fail when --output differs from it."""
+    from fastproxy.contract.document import document_bytes
+
+    doc = document_bytes()
+    if args.output is None:
+        sys.stdout.buffer.write(doc)
+        return
+    if args.check:
+        try:
+            with open(args.output, "rb") as f:
+                same = f.read() == doc
+        except OSError:
+            same = False
+        if not same:
+            raise CommandError(f"{args.output} is not the current document: run `fastproxy openapi -o {args.output}`")
+        return
+    with open(args.output, "wb") as f:
+        f.write(doc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastproxy", description="An OpenAI-compatible LLM API proxy.")
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
@@ -272,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunks", type=int, default=10, help="content chunks per stream")
     mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between stream chunks")
     mock.set_defaults(func=cmd_mock_upstream)
+
+    spec = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (served at /openapi.json)")
+    spec.add_argument("-o", "--output", help="write it to this file (docs/openapi.json) instead")
+    spec.add_argument("--check", action="store_true", help="with --output: fail if the file is out of date")
+    spec.set_defaults(func=cmd_openapi)
     add_commands(sub)
     return parser
 
