@@ -47,7 +47,7 @@ from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import Limits, json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
-from fastproxy.store import Store, StoreConflict, StoreError
+from fastproxy.store import Store, StoreConflict, StoreError, StoreInvalidValue, invalid_value
 from fastproxy.upstream.router import Router
 from fastproxy.usage import api as usage_api
 
@@ -125,6 +125,9 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         status, result = await operation(call)
     except StoreConflict:
         await send_error(send, Conflict("Another user already has this email (compared ignoring case).", param="email"))
+        return
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
         return
     except StoreError as exc:
         log.error("admin %s %s: %s", scope["method"], path, exc)

@@ -42,7 +42,7 @@ from fastproxy.selfservice import tokens
 from fastproxy.selfservice.errors import Conflict, Forbidden, NotFound, SignInFailed
 from fastproxy.selfservice.service import SelfService
 from fastproxy.server.state import State
-from fastproxy.store import Account, ApiKey, StoreError, User, new_id
+from fastproxy.store import Account, ApiKey, StoreError, StoreInvalidValue, User, invalid_value, new_id
 from fastproxy.usage import api as usage_api
 from fastproxy.usage.query import UsageQuery
 
@@ -170,6 +170,9 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         operation, ident = _route(method, path)
         body = await _read_body(receive) if method == "POST" else b""
         status, result = await operation(Call(state, service, scope, ident, body))
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
+        return
     except StoreError as exc:
         log.error("self-service %s %s: %s", method, path, exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))

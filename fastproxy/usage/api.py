@@ -24,7 +24,7 @@ from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
-from fastproxy.store import Store, StoreError
+from fastproxy.store import Store, StoreError, StoreInvalidValue, invalid_value
 from fastproxy.usage.query import UsageQuery, UsageRecord
 
 log = logging.getLogger("fastproxy.usage")
@@ -109,6 +109,9 @@ async def _own(state: State, scope: Scope, send: Send, summary: bool) -> None:
         q = parse_query(parse_qs(scope["query_string"].decode("latin-1")), admin=False)
         q = UsageQuery(**{**_fields(q), "key_id": principal.key_id})
         result: Any = await state.store.usage_summary(q) if summary else await records(state.store, q)
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
+        return
     except StoreError as exc:
         log.error("usage query failed: %s", exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))

@@ -1,0 +1,35 @@
+"""Defects the fuzzer (tests/integration/fuzz) found, each pinned by a test of its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.unit.appclient import ADMIN_KEY, app_client
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+async def admin(postgres_dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(database_url=postgres_dsn) as (client, _):
+        client.headers.update(ADMIN)
+        yield client
+
+
+def _refused(resp: httpx.Response) -> dict[str, Any]:
+    assert resp.status_code == 400, resp.text
+    body: dict[str, Any] = resp.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"} and body["type"] == "invalid_request_error"
+    return body
+
+
+async def test_a_value_the_database_refuses_is_the_clients_error(admin: httpx.AsyncClient) -> None:
+    """PostgreSQL refuses NUL characters in text: that was a 503 ("the database is unavailable") for a
+    request that can never succeed; it is a 400 naming no secret, and the database stays usable."""
+    _refused(await admin.post("/admin/users", json={"name": "nul\u0000name"}))
+    _refused(await admin.get("/admin/usage", params={"model": "a\u0000b"}))
+    assert (await admin.post("/admin/users", json={"name": "fine"})).status_code == 201
