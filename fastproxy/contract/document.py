@@ -17,9 +17,14 @@ from fastproxy.core.schemas import RequestView
 
 REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
-_SSE = {
-    "text/event-stream": {"schema": {"type": "string", "description": "Server-sent events, as the provider sent them"}}
+# Each server-sent event as the provider sent it (its `data` is one JSON chunk, or `[DONE]`); tools such as
+# Schemathesis check a stream event by event against this.
+_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
 }
+_SSE = {"text/event-stream": {"schema": _EVENT}}
 _DESCRIPTION = """An OpenAI-compatible LLM API gateway. This document covers what fastproxy answers itself:
 the /v1 requests it reads (it reads only the fields of `RequestView` and forwards the body's bytes to the
 route's provider, whose answer passes through byte for byte), the key's usage, the admin API, the
