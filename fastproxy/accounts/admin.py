@@ -120,7 +120,7 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         if state.store is None or state.invalidator is None:
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
         body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
-        query = parse_qs(scope["query_string"].decode("latin-1"))
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         call = _Call(state.store, state.invalidator, state.limiter, ident, query, body, state.router)
         status, result = await operation(call)
     except StoreConflict:

@@ -118,7 +118,7 @@ class Call:
         self.scope = scope
         self.ident = ident
         self.body = body
-        self.query = parse_qs(scope["query_string"].decode("latin-1"))
+        self.query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         client = scope.get("client")
         self.client_ip: str = client[0] if client else "unknown"
 

@@ -33,3 +33,13 @@ async def test_a_value_the_database_refuses_is_the_clients_error(admin: httpx.As
     _refused(await admin.post("/admin/users", json={"name": "nul\u0000name"}))
     _refused(await admin.get("/admin/usage", params={"model": "a\u0000b"}))
     assert (await admin.post("/admin/users", json={"name": "fine"})).status_code == 201
+
+
+async def test_a_blank_query_value_is_malformed_not_absent(admin: httpx.AsyncClient) -> None:
+    """`?limit=` and `?end=` were read as absent (parse_qs drops blank values), so a client's typo passed
+    silently and the document's `integer`/`number` parameters were not what the code did."""
+    assert _refused(await admin.get("/admin/usage?limit="))["param"] == "limit"
+    assert _refused(await admin.get("/admin/usage?end="))["param"] == "end"
+    assert _refused(await admin.get("/admin/usage?after="))["param"] == "after"
+    assert _refused(await admin.get("/admin/users?limit="))["param"] == "limit"
+    assert (await admin.get("/admin/usage?model=")).status_code == 200
