@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fastproxy.proxy.sse import SSEWatcher
 from tests.unit.appclient import ADMIN_KEY, app_client
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -43,3 +44,13 @@ async def test_a_blank_query_value_is_malformed_not_absent(admin: httpx.AsyncCli
     assert _refused(await admin.get("/admin/usage?after="))["param"] == "after"
     assert _refused(await admin.get("/admin/users?limit="))["param"] == "limit"
     assert (await admin.get("/admin/usage?model=")).status_code == 200
+
+
+def test_a_cr_separated_stream_read_in_one_chunk_has_ended() -> None:
+    """Found by the split property (tests/unit/test_properties.py): `[DONE]` after a lone CR (a valid SSE line
+    end) was only seen when it came in a chunk of its own; a whole stream in one read looked cut, and the
+    client got an error event after a complete stream."""
+    stream = b'data: {"choices":[{"delta":{"content":"hi"}}]}\r\rdata: [DONE]\r\r'
+    watcher = SSEWatcher(strip=False)
+    assert watcher.feed(stream) == stream
+    assert watcher.ended
