@@ -112,14 +112,16 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         if path.split("/", 3)[2:3] and path.split("/", 3)[2] in admin_providers.RESOURCES:
             if state.store is None:
                 raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
-            body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
+            with state.body_deadline:
+                body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
             status, result = await admin_providers.handle(state, state.store, scope["method"], path, body)
             await send_json(send, status, json_encoder.encode(result))
             return
         operation, ident = _route(scope["method"], path)
         if state.store is None or state.invalidator is None:
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
-        body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
+        with state.body_deadline:
+            body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         call = _Call(state.store, state.invalidator, state.limiter, ident, query, body, state.router)
         status, result = await operation(call)

@@ -168,7 +168,8 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         return
     try:
         operation, ident = _route(method, path)
-        body = await _read_body(receive) if method == "POST" else b""
+        with state.body_deadline:
+            body = await _read_body(receive) if method == "POST" else b""
         status, result = await operation(Call(state, service, scope, ident, body))
     except StoreInvalidValue:
         await send_error(send, invalid_value())

@@ -29,10 +29,14 @@ def _granian(
     target: str, host: str, port: int, workers: int, log_level: str = "warning", drain: Settings | None = None
 ) -> None:
     """Serve `target` with Granian. With `drain` (serve), the first SIGTERM/SIGINT starts a graceful
-    drain (core/drain.py) before Granian hears of it; a second one stops at once."""
+    drain (core/drain.py) before Granian hears of it; a second one stops at once. The connection limits
+    (HTTP version, header timeout, head size, keep-alive) are the settings' (defaults: the mock's)."""
     from granian import Granian
+    from granian.constants import HTTPModes
+    from granian.http import HTTP1Settings
 
     server_class: Any = Granian
+    limits = drain or Settings()
     kill_timeout = None
     if drain is not None:
         marker = os.path.join(os.environ[multiproc.ENV], "draining")
@@ -50,6 +54,12 @@ def _granian(
         workers=workers,
         websockets=False,
         backlog=2048,
+        http=HTTPModes.http1 if limits.http == "1" else HTTPModes.auto,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(limits.http1_header_read_timeout * 1000)),
+            keep_alive=limits.http1_keep_alive,
+            max_buffer_size=limits.http1_buffer_size,
+        ),
         log_level=log_level,
         log_access=False,
         workers_kill_timeout=kill_timeout,
