@@ -1,9 +1,10 @@
 """Schemathesis against a live proxy: Granian, real PostgreSQL and Redis, the mock upstream behind it.
 
-Every operation of the OpenAPI document (fastproxy/contract) gets positive and negative (schema-violating)
-cases, a bounded number of each. Each answer must not be a 500, must come within a timeout (no hangs),
-must carry an OpenAI-format error body when it is an error, and must conform to the document (status,
-content type, body schema; negative cases refused with a 4xx). The counts per endpoint are printed.
+Every operation of the OpenAPI document (fastproxy/contract) gets positive, negative (schema-violating) and
+credential-less cases, a bounded number of each. Each answer must not be a 500, must come within a timeout
+(no hangs), must carry its operation's error body when it is an error (`Op.error`: OpenAI's format, Anthropic's
+on /v1/messages), and must conform to the document (status, content type, body schema; negative cases refused
+with a 4xx; no credentials: 401). The counts per endpoint are printed.
 
 FASTPROXY_FUZZ_EXAMPLES raises the examples per operation and mode (default 20); FASTPROXY_FUZZ_RANDOM=1
 draws new cases each run instead of the same derandomized ones.
@@ -23,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import requests
 import schemathesis
@@ -33,6 +35,7 @@ from schemathesis import GenerationMode, checks
 
 from fastproxy.contract.document import build
 from fastproxy.contract.spec import ADMIN, KEY, OPERATIONS, SESSION
+from fastproxy.core.schemas import ErrorBody
 from tests.integration.servers import Server, start_proxy
 
 ADMIN_KEY = "admin-fuzz-secret-0001"
@@ -114,24 +117,18 @@ def _credentials(server: Server) -> dict[str, str]:
     return {KEY: f"Bearer {key}", ADMIN: f"Bearer {ADMIN_KEY}", SESSION: f"Bearer {session}"}
 
 
-def _openai_error(status: int, body: bytes, content_type: str) -> str | None:
-    """Why an error answer is not OpenAI-shaped, or None."""
+def _error_problem(error_type: type[Any], status: int, body: bytes, content_type: str) -> str | None:
+    """Why an error answer is not in the operation's error format (OpenAI's, or Anthropic's on /v1/messages),
+    or None."""
     if status < 400:
         return None
     if not content_type.startswith("application/json"):
         return f"error with content type {content_type!r}"
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return "error body is not JSON"
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if (
-        not isinstance(error, dict)
-        or not isinstance(error.get("message"), str)
-        or not isinstance(error.get("type"), str)
-    ):
-        return f"error body is not OpenAI's shape: {body[:200]!r}"
-    if not {"param", "code"} <= set(error):
+        msgspec.json.decode(body, type=error_type)
+    except msgspec.DecodeError as exc:
+        return f"error body is not {error_type.__name__} ({exc}): {body[:200]!r}"
+    if error_type is ErrorBody and not {"param", "code"} <= set(json.loads(body)["error"]):
         return f"error body lacks param/code: {body[:200]!r}"
     return None
 
@@ -149,6 +146,7 @@ def test_fuzz_every_operation(fuzzed: Server, mock_upstream: Server, capsys: pyt
     config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REFUSED}}})
     schema = schemathesis.openapi.from_dict(_without_security(build()), config=config)
     security = {(op.method.lower(), op.path): op.security for op in OPERATIONS}
+    errors = {(op.method.lower(), op.path): op.error for op in OPERATIONS}
     auth = _credentials(fuzzed)
     counts: collections.Counter[str] = collections.Counter()
     statuses: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
@@ -163,7 +161,8 @@ def test_fuzz_every_operation(fuzzed: Server, mock_upstream: Server, capsys: pyt
         if scheme is not None:
             passes.append((GenerationMode.POSITIVE, UNAUTHENTICATED))
         for mode, credentials in passes:
-            fuzz = _Fuzz(operation, mode, fuzzed.url, mock_upstream.url, credentials, session)
+            error_type = errors[(operation.method.lower(), operation.path)]
+            fuzz = _Fuzz(operation, mode, fuzzed.url, mock_upstream.url, credentials, error_type, session)
             fuzz.run()
             counts[fuzz.label] += fuzz.sent
             statuses[fuzz.label].update(fuzz.statuses)
@@ -185,9 +184,10 @@ class _Fuzz:
 
     def __init__(
         self, operation: Any, mode: GenerationMode, base_url: str, mock_url: str, credentials: str | None,
-        session: requests.Session,
+        error_type: type[Any], session: requests.Session,
     ) -> None:  # fmt: skip
         self.operation = operation
+        self.error_type = error_type
         self.mode = mode
         self.label = f"{operation.method.upper()} {operation.path}"
         self.base_url = base_url
@@ -233,7 +233,7 @@ class _Fuzz:
             return
         self.statuses[response.status_code] += 1
         content_type = (response.headers.get("content-type") or [""])[0]
-        problem = _openai_error(response.status_code, response.content, content_type)
+        problem = _error_problem(self.error_type, response.status_code, response.content, content_type)
         if problem is None and self.unauthenticated:
             # A path that names no resource the API could have (an id of the wrong shape) is 404 before any
             # credential is looked at.
