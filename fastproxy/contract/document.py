@@ -16,6 +16,7 @@ from fastproxy.contract.spec import ADMIN, KEY, OPERATIONS, SESSION, Named, Op
 from fastproxy.core.schemas import RequestView
 
 REF = "#/components/schemas/{name}"
+RESPONSE_REF = "#/components/responses/{name}"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 # Each server-sent event as the provider sent it (its `data` is one JSON chunk, or `[DONE]`); tools such as
 # Schemathesis check a stream event by event against this.
@@ -91,6 +92,22 @@ def _content(t: Any, refs: dict[Any, dict[str, Any]], content_type: str) -> dict
     return {content_type: {"schema": refs[t]}}
 
 
+def _error_response(error: type[Any], status: int) -> str:
+    return f"{error.__name__}{status}"
+
+
+def _error_responses(ops: tuple[Op, ...], refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    out = {
+        _error_response(op.error, status): {
+            "description": _REASONS[status],
+            "content": _content(op.error, refs, "application/json"),
+        }
+        for op in ops
+        for status in op.errors
+    }
+    return dict(sorted(out.items()))
+
+
 def _operation(op: Op, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     ok = _content(op.ok, refs, op.content_type)
     if op.streams:
@@ -98,9 +115,9 @@ def _operation(op: Op, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.status): {"description": _REASONS[op.status], "content": ok}}
     for extra, t in op.extra.items():
         responses[extra] = {"description": _REASONS[int(extra)], "content": _content(t, refs, "application/json")}
-    error = _content(op.error, refs, "application/json")
     for status in sorted(op.errors):
-        responses.setdefault(str(status), {"description": _REASONS[status], "content": error})
+        # Shared: one component per (error format, status), so the document stays readable.
+        responses.setdefault(str(status), {"$ref": RESPONSE_REF.format(name=_error_response(op.error, status))})
     out: dict[str, Any] = {
         "operationId": f"{op.method.lower()}_{re.sub(r'[^A-Za-z0-9]+', '_', op.path).strip('_') or 'root'}",
         "summary": op.summary,
@@ -142,7 +159,11 @@ def build(ops: tuple[Op, ...] = OPERATIONS) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "fastproxy", "version": __version__, "description": _DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": dict(sorted(components.items())), "securitySchemes": _SECURITY},
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "responses": _error_responses(ops, refs),
+            "securitySchemes": _SECURITY,
+        },
     }
 
 

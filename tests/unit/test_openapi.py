@@ -70,7 +70,8 @@ def test_document_is_openapi_31_with_valid_schemas() -> None:
                 walk(value)
 
     walk(doc)
-    assert refs <= set(doc["components"]["schemas"]), refs - set(doc["components"]["schemas"])
+    known = {*doc["components"]["schemas"], *(f"#/components/responses/{r}" for r in doc["components"]["responses"])}
+    assert refs <= known, refs - known
     ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
 
@@ -177,7 +178,9 @@ def test_error_statuses_render_the_error_body(op: Op) -> None:
     doc = build()
     responses = doc["paths"][op.path][op.method.lower()]["responses"]
     for status in op.errors:
-        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        ref = responses[str(status)]["$ref"]
+        shared = doc["components"]["responses"][ref.removeprefix("#/components/responses/")]
+        schema = shared["content"]["application/json"]["schema"]
         assert schema == {"$ref": f"#/components/schemas/{op.error.__name__}"}
     # What the handlers send is that shape.
     body = msgspec.json.decode(ProxyError("x").body())
