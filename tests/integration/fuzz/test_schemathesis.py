@@ -142,6 +142,7 @@ def _without_security(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.timeout(900)  # bounded by the examples; the default run takes ~35 s, a deep one minutes
 def test_fuzz_every_operation(fuzzed: Server, mock_upstream: Server, capsys: pytest.CaptureFixture[str]) -> None:
     config = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REFUSED}}})
     schema = schemathesis.openapi.from_dict(_without_security(build()), config=config)
