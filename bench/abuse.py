@@ -59,7 +59,7 @@ class Abused:
     def row(self) -> str:
         spread = " ".join(f"{s}:{n}" for s, n in sorted(self.statuses.items()))
         slowest = f"{max(self.seconds_to_close):.1f}s" if self.seconds_to_close else "-"
-        return f"{spread} | closed {self.closed}, open {self.open}, slowest close {slowest}"
+        return f"{spread}; closed {self.closed}, open {self.open}, slowest close {slowest}"
 
 
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
