@@ -27,7 +27,8 @@ EXPECTED: dict[str, tuple[set[str], float]] = {
     "slowloris body (1 B/s)": ({"408"}, BODY_TIMEOUT + SLACK),
     "idle connections": ({"200", "none"}, HEADER_TIMEOUT + SLACK),
     "pipelined garbage": ({"200+400"}, 1.0),
-    "endless chunked body, fast": ({"413"}, 5.0),
+    # Past 64 MiB read on, the connection is dropped without reading further: no answer is seen then.
+    "endless chunked body, fast": ({"413", "none"}, 5.0),
     "endless chunked body, 1 chunk/s": ({"408"}, BODY_TIMEOUT + SLACK),
 }
 
@@ -60,7 +61,7 @@ def test_abusive_client_is_bounded_and_others_unaffected(
         print(f"\n{measured.row()}")
     got = measured.abused
     assert got.open == 0, f"{got.open} of {n} abusive connections still open after {bound + 10}s"
-    assert set(got.statuses) == statuses, got.statuses
+    assert set(got.statuses) <= statuses and got.statuses[min(statuses)] > 0, got.statuses
     assert max(got.seconds_to_close) <= bound, got.seconds_to_close
     before, during, after = measured.before, measured.during, measured.after
     # The well-behaved client: every request answered, its p99 within noise of its own before and after.
