@@ -47,7 +47,7 @@ from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import Limits, json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
-from fastproxy.store import Store, StoreConflict, StoreError
+from fastproxy.store import Store, StoreConflict, StoreError, StoreInvalidValue, invalid_value
 from fastproxy.upstream.router import Router
 from fastproxy.usage import api as usage_api
 
@@ -112,19 +112,24 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         if path.split("/", 3)[2:3] and path.split("/", 3)[2] in admin_providers.RESOURCES:
             if state.store is None:
                 raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
-            body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
+            with state.body_deadline:
+                body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
             status, result = await admin_providers.handle(state, state.store, scope["method"], path, body)
             await send_json(send, status, json_encoder.encode(result))
             return
         operation, ident = _route(scope["method"], path)
         if state.store is None or state.invalidator is None:
             raise ServiceUnavailable("The admin API needs a database (FASTPROXY_DATABASE_URL).")
-        body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
-        query = parse_qs(scope["query_string"].decode("latin-1"))
+        with state.body_deadline:
+            body = await _read_body(receive) if scope["method"] in ("POST", "PATCH") else b""
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         call = _Call(state.store, state.invalidator, state.limiter, ident, query, body, state.router)
         status, result = await operation(call)
     except StoreConflict:
         await send_error(send, Conflict("Another user already has this email (compared ignoring case).", param="email"))
+        return
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
         return
     except StoreError as exc:
         log.error("admin %s %s: %s", scope["method"], path, exc)

@@ -3,6 +3,7 @@
     ProxyError (500 server_error)
     ├── InvalidRequest (400 invalid_request_error; `param` names the field)
     │   ├── BodyTooLarge (413)
+    │   ├── RequestTimeout (408: the body did not arrive in time)
     │   ├── RouteNotFound (404)
     │   └── MethodNotAllowed (405)
     ├── AuthenticationFailed (401 invalid_api_key)
@@ -58,6 +59,11 @@ class InvalidRequest(ProxyError):
 class BodyTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class RouteNotFound(InvalidRequest):

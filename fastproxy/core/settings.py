@@ -222,6 +222,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # (with Redis a change is announced on pub/sub and reaches every worker at once).
     providers_reload_interval: Seconds = 2.0
 
+    # -- What a client may send (README, "Limits on what a client may send"); Granian enforces the first four --
+    # HTTP/1.1 only ("1"), or HTTP/2 as well ("auto"). In auto mode Granian waits for a new connection's first
+    # bytes with no timeout at all, so a client that connects and sends nothing keeps its connection forever.
+    http: Literal["1", "auto"] = "1"
+    # Seconds a client has to send a request's line and headers (slowloris); also how long an idle keep-alive
+    # connection stays open. Behind a load balancer keep it above the balancer's own idle timeout.
+    http1_header_read_timeout: Annotated[float, msgspec.Meta(ge=0.001, le=60)] = 30.0
+    # Bytes a connection may buffer while reading a request's head: a larger head (or more than 100 headers,
+    # Granian's fixed limit) is answered 431 and the connection closed.
+    http1_buffer_size: Annotated[int, msgspec.Meta(ge=8192, le=16 * 1024 * 1024)] = 417_792
+    http1_keep_alive: bool = True
+    # Seconds a request's whole body may take to arrive once its headers have: a body trickled in or never
+    # ending gets 408 and the connection is closed (max_body_bytes bounds its size).
+    body_read_timeout: Seconds = 60.0
+
     def __post_init__(self) -> None:
         if not re.match(r"^https?://[^/\s]+", self.upstream_url):
             raise SettingsError(

@@ -57,7 +57,6 @@ log = logging.getLogger("fastproxy.metrics")
 _REQUEST_KEY = attrgetter("endpoint", "model", "status", "upstream_status")
 _ENDPOINT = attrgetter("endpoint")
 _LABEL_KEY = attrgetter("model", "status", "upstream_status")
-_USAGE = attrgetter("usage")
 _PROMPT = attrgetter("prompt")
 _COMPLETION = attrgetter("completion")
 # A record's (model, status, upstream_status): what decides its model label.
@@ -318,9 +317,13 @@ class Metrics:
                 (next(iter(labels.values())), [r.usage for r in records if r.usage is not None]),
             )
         else:
-            used = [r for r in records if r.usage is not None]
-            used.sort(key=_LABEL_KEY)
-            groups = ((labels[key], list(map(_USAGE, group))) for key, group in groupby(used, _LABEL_KEY))
+            # Grouped by label, not sorted by (model, status, upstream_status): those mix None and values (a
+            # cache hit has no upstream status, a passthrough no model), which do not compare.
+            by_label: dict[str, list[TokenUsage]] = {}
+            for r in records:
+                if r.usage is not None:
+                    by_label.setdefault(labels[_LABEL_KEY(r)], []).append(r.usage)
+            groups = by_label.items()
         for label, usages in groups:
             prompt, completion = sum(map(_PROMPT, usages)), sum(map(_COMPLETION, usages))
             if prompt:

@@ -94,7 +94,8 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
     try:
         principal = await state.auth.authenticate(authorization)
         declared = parse_length(content_length) if content_length is not None else -1
-        body = await read_body(receive, state.settings.max_body_bytes, declared)
+        with state.body_deadline:  # a body trickled in or never ending: 408 after body_read_timeout
+            body = await read_body(receive, state.settings.max_body_bytes, declared)
         estimate = 0
         lookup: Lookup | None = None
         route: LiveRoute | None = None

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from fastproxy.accounts import admin
+from fastproxy.contract import openapi
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.observability import probes
 from fastproxy.proxy.handler import Endpoint, proxy
@@ -59,6 +60,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/readyz": {"GET": probes.readyz},
     "/metrics": {"GET": probes.metrics},
     "/": {"GET": probes.root},
+    # The OpenAPI document of everything above and below (fastproxy/contract), built on first request.
+    "/openapi.json": {"GET": openapi},
 }
 MODEL_ITEM_PREFIX = "/v1/models/"
 MODEL_ITEM: dict[str, Handler] = {"GET": _to(MODELS), "DELETE": _to(MODELS), "OPTIONS": PREFLIGHT}

@@ -17,7 +17,8 @@ _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _EVENT = re.compile(rb"(.*?)(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # How a complete stream ends: `data: [DONE]` (chat, completions), or the Responses API's final event.
-_END = re.compile(rb'(?:^|\n)data: ?\[DONE\]|"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+# A line starts after LF, CRLF or a lone CR: all three end SSE lines.
+_END = re.compile(rb'(?:^|[\r\n])data: ?\[DONE\]|"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 

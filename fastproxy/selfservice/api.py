@@ -42,7 +42,7 @@ from fastproxy.selfservice import tokens
 from fastproxy.selfservice.errors import Conflict, Forbidden, NotFound, SignInFailed
 from fastproxy.selfservice.service import SelfService
 from fastproxy.server.state import State
-from fastproxy.store import Account, ApiKey, StoreError, User, new_id
+from fastproxy.store import Account, ApiKey, StoreError, StoreInvalidValue, User, invalid_value, new_id
 from fastproxy.usage import api as usage_api
 from fastproxy.usage.query import UsageQuery
 
@@ -118,7 +118,7 @@ class Call:
         self.scope = scope
         self.ident = ident
         self.body = body
-        self.query = parse_qs(scope["query_string"].decode("latin-1"))
+        self.query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         client = scope.get("client")
         self.client_ip: str = client[0] if client else "unknown"
 
@@ -168,8 +168,12 @@ async def dispatch(state: State, scope: Scope, receive: Receive, send: Send) -> 
         return
     try:
         operation, ident = _route(method, path)
-        body = await _read_body(receive) if method == "POST" else b""
+        with state.body_deadline:
+            body = await _read_body(receive) if method == "POST" else b""
         status, result = await operation(Call(state, service, scope, ident, body))
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
+        return
     except StoreError as exc:
         log.error("self-service %s %s: %s", method, path, exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))

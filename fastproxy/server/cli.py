@@ -29,10 +29,14 @@ def _granian(
     target: str, host: str, port: int, workers: int, log_level: str = "warning", drain: Settings | None = None
 ) -> None:
     """Serve `target` with Granian. With `drain` (serve), the first SIGTERM/SIGINT starts a graceful
-    drain (core/drain.py) before Granian hears of it; a second one stops at once."""
+    drain (core/drain.py) before Granian hears of it; a second one stops at once. The connection limits
+    (HTTP version, header timeout, head size, keep-alive) are the settings' (defaults: the mock's)."""
     from granian import Granian
+    from granian.constants import HTTPModes
+    from granian.http import HTTP1Settings
 
     server_class: Any = Granian
+    limits = drain or Settings()
     kill_timeout = None
     if drain is not None:
         marker = os.path.join(os.environ[multiproc.ENV], "draining")
@@ -50,6 +54,12 @@ def _granian(
         workers=workers,
         websockets=False,
         backlog=2048,
+        http=HTTPModes.http1 if limits.http == "1" else HTTPModes.auto,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(limits.http1_header_read_timeout * 1000)),
+            keep_alive=limits.http1_keep_alive,
+            max_buffer_size=limits.http1_buffer_size,
+        ),
         log_level=log_level,
         log_access=False,
         workers_kill_timeout=kill_timeout,
@@ -239,6 +249,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
         mock.wait(timeout=10)
 
 
+def cmd_openapi(args: argparse.Namespace) -> None:
+    """Print the OpenAPI document (or write it to --output); --check: fail when --output differs from it."""
+    from fastproxy.contract.document import document_bytes
+
+    doc = document_bytes()
+    if args.output is None:
+        sys.stdout.buffer.write(doc)
+        return
+    if args.check:
+        try:
+            with open(args.output, "rb") as f:
+                same = f.read() == doc
+        except OSError:
+            same = False
+        if not same:
+            raise CommandError(f"{args.output} is not the current document: run `fastproxy openapi -o {args.output}`")
+        return
+    with open(args.output, "wb") as f:
+        f.write(doc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastproxy", description="An OpenAI-compatible LLM API proxy.")
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
@@ -272,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunks", type=int, default=10, help="content chunks per stream")
     mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between stream chunks")
     mock.set_defaults(func=cmd_mock_upstream)
+
+    spec = sub.add_parser("openapi", help="print the OpenAPI 3.1 document (served at /openapi.json)")
+    spec.add_argument("-o", "--output", help="write it to this file (docs/openapi.json) instead")
+    spec.add_argument("--check", action="store_true", help="with --output: fail if the file is out of date")
+    spec.set_defaults(func=cmd_openapi)
     add_commands(sub)
     return parser
 

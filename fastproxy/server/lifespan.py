@@ -19,6 +19,7 @@ from fastproxy.accounts.stored_providers import ProviderSync, SecretBox
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.redis_store import RedisStore
 from fastproxy.cache.service import CacheConfig, ResponseCache
+from fastproxy.core.deadline import BodyDeadline
 from fastproxy.core.drain import Drain
 from fastproxy.core.records import ACCESS_LOGGER
 from fastproxy.core.settings import Settings
@@ -122,6 +123,8 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 _own_task(stack, threads.watch())
             drain = Drain(settings.shutdown_grace)
             _own_task(stack, drain.watch())
+            body_deadline = BodyDeadline(settings.body_read_timeout)
+            _own_task(stack, body_deadline.watch())
             yield State(
                 settings=settings,
                 upstream=upstream,
@@ -143,6 +146,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 web=web,
                 cors=web if web.origins else None,
                 drain=drain,
+                body_deadline=body_deadline,
                 provider_sync=provider_sync,
             )
     finally:

@@ -9,6 +9,7 @@ from fastproxy.accounts.auth import Authenticator
 from fastproxy.accounts.invalidation import Invalidator
 from fastproxy.accounts.stored_providers import ProviderSync
 from fastproxy.cache.service import ResponseCache
+from fastproxy.core.deadline import BodyDeadline
 from fastproxy.core.drain import Drain
 from fastproxy.core.limits import Limiter
 from fastproxy.core.records import RequestRecord
@@ -63,5 +64,7 @@ class State:
     cors: Web | None = None
     # Requests in flight and open streams, for the graceful drain at shutdown (core/drain.py).
     drain: Drain = field(default_factory=lambda: Drain(30.0))
+    # How long a request body may take to arrive (core/deadline.py); its sweeping task is lifespan's.
+    body_deadline: BodyDeadline = field(default_factory=lambda: BodyDeadline(60.0))
     # Providers and routes stored through the admin API, kept in step on every worker; None without a database.
     provider_sync: ProviderSync | None = None

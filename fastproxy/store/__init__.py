@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from fastproxy.core.errors import InvalidRequest
 from fastproxy.core.schemas import KeyCache, Limits
 
 if TYPE_CHECKING:
@@ -39,6 +40,16 @@ class StoreError(Exception):
 
 class StoreConflict(StoreError):
     """A value that must be unique is taken (a user's email, ignoring case, or wallet address)."""
+
+
+class StoreInvalidValue(StoreError):
+    """The database refused a value the client sent (a NUL character in a string, an integer beyond 64 bits):
+    the client's error (400), not the database's (503)."""
+
+
+def invalid_value() -> InvalidRequest:
+    """What a client is told when the database refused one of its values."""
+    return InvalidRequest("Invalid request: a value is not storable (a NUL character, or an integer beyond 64 bits).")
 
 
 class User(msgspec.Struct, kw_only=True):

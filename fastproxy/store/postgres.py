@@ -18,6 +18,7 @@ from fastproxy.store import (
     QueryHook,
     StoreConflict,
     StoreError,
+    StoreInvalidValue,
     User,
     decode_cache,
     decode_limits,
@@ -132,6 +133,8 @@ class PostgresStore(PostgresUsage, PostgresAccounts):
                 yield conn
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(f"PostgreSQL: a unique value is taken ({exc.constraint_name})") from exc
+        except asyncpg.DataError as exc:  # SQLSTATE class 22, and arguments asyncpg could not encode
+            raise StoreInvalidValue(f"PostgreSQL refused a value: {type(exc).__name__}") from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"PostgreSQL error: {type(exc).__name__}") from exc
 

@@ -23,6 +23,7 @@ from fastproxy.store import (
     QueryHook,
     StoreConflict,
     StoreError,
+    StoreInvalidValue,
     User,
     decode_cache,
     decode_limits,
@@ -150,6 +151,8 @@ class SqliteStore(SqliteUsage, SqliteAccounts):
             raise StoreConflict(f"SQLite: a unique value is taken ({exc})") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
+        except OverflowError as exc:  # an integer beyond SQLite's 64 bits
+            raise StoreInvalidValue(f"SQLite refused a value: {exc}") from exc
         except ValueError as exc:  # aiosqlite: the connection is closed
             raise StoreError(f"SQLite connection unusable: {exc}") from exc
 

@@ -24,7 +24,7 @@ from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import json_encoder
 from fastproxy.core.types import Receive, Scope, Send
 from fastproxy.server.state import State
-from fastproxy.store import Store, StoreError
+from fastproxy.store import Store, StoreError, StoreInvalidValue, invalid_value
 from fastproxy.usage.query import UsageQuery, UsageRecord
 
 log = logging.getLogger("fastproxy.usage")
@@ -42,15 +42,18 @@ def _one(query: Query, name: str) -> str | None:
 
 def parse_query(query: Query, *, admin: bool) -> UsageQuery:
     """Filters from a query string; InvalidRequest naming the parameter when one is malformed."""
-    raw_limit = _one(query, "limit") or str(DEFAULT_PAGE)
+    # Query strings are parsed keeping blank values: `?limit=` is a malformed limit, not an absent one.
+    raw_limit = _one(query, "limit")
+    if raw_limit is None:
+        raw_limit = str(DEFAULT_PAGE)
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise InvalidRequest(f"Invalid 'limit': expected an integer from 1 to {MAX_PAGE}.", param="limit")
-    after = _one(query, "after") or None
+    after = _one(query, "after")
     if after is not None and not (after.isdigit() and len(after) <= 18):
         raise InvalidRequest("Invalid 'after': expected the id of a usage record.", param="after")
     times: dict[str, float | None] = {}
     for name in ("start", "end"):
-        value = _one(query, name) or None
+        value = _one(query, name)
         if value is not None and not _NUMBER.match(value):
             raise InvalidRequest(f"Invalid '{name}': expected Unix seconds.", param=name)
         times[name] = float(value) if value is not None else None
@@ -106,9 +109,12 @@ async def _own(state: State, scope: Scope, send: Send, summary: bool) -> None:
             raise PermissionDenied("Usage is recorded per API key; this proxy runs without keys.", code="no_api_key")
         if state.store is None:
             raise ServiceUnavailable("Usage needs a database (FASTPROXY_DATABASE_URL).")
-        q = parse_query(parse_qs(scope["query_string"].decode("latin-1")), admin=False)
+        q = parse_query(parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True), admin=False)
         q = UsageQuery(**{**_fields(q), "key_id": principal.key_id})
         result: Any = await state.store.usage_summary(q) if summary else await records(state.store, q)
+    except StoreInvalidValue:
+        await send_error(send, invalid_value())
+        return
     except StoreError as exc:
         log.error("usage query failed: %s", exc)
         await send_error(send, ServiceUnavailable("The database is unavailable; please retry."))

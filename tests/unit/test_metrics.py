@@ -251,3 +251,14 @@ def test_nothing_reaches_prometheus_until_flushed(metrics: Metrics) -> None:
     metrics.flush()
     metrics.flush()  # a second flush adds nothing
     assert _value(metrics, "fastproxy_requests_total", endpoint="chat.completions", model="gpt-a", status="2xx") == 1
+
+
+def test_tokens_of_a_batch_mixing_cache_hits_and_models(metrics: Metrics) -> None:
+    """Found by the fuzzer: a cache hit (no upstream status) beside an upstream answer of the same model, in
+    a batch with another model, made the flush sort None against an int and lose the whole batch."""
+    metrics.observe(_record())
+    metrics.observe(_record(upstream_status=None, usage=TokenUsage(prompt=2, completion=1, total=3)))
+    metrics.observe(_record(model="gpt-b"))
+    metrics.observe(_record(model=None, usage=TokenUsage(prompt=1, completion=1, total=2)))
+    assert _value(metrics, "fastproxy_tokens_total", model="gpt-a", kind="prompt") == 9
+    assert _value(metrics, "fastproxy_tokens_total", model="gpt-b", kind="completion") == 5
