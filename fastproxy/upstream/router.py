@@ -376,4 +376,4 @@ class Router:
         else:
             until = wall_to_monotonic(until_wall)
             if key.breaker.state == "closed" or until > key.breaker.until:
-                key.breaker.open(time.monotonic(), until)
+                key.breaker.adopt(until)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -251,3 +252,17 @@ def test_nothing_reaches_prometheus_until_flushed(metrics: Metrics) -> None:
     metrics.flush()
     metrics.flush()  # a second flush adds nothing
     assert _value(metrics, "fastproxy_requests_total", endpoint="chat.completions", model="gpt-a", status="2xx") == 1
+
+
+async def test_task_gauge_counts_the_loops_live_tasks(metrics: Metrics) -> None:
+    metrics.sample_tasks()
+    before = _value(metrics, "fastproxy_event_loop_tasks")
+    assert before >= 1  # this test's own task
+    release = asyncio.Event()
+    extra = [asyncio.create_task(release.wait()) for _ in range(5)]
+    metrics.sample_tasks()
+    assert _value(metrics, "fastproxy_event_loop_tasks") == before + 5
+    release.set()
+    await asyncio.gather(*extra)
+    metrics.sample_tasks()
+    assert _value(metrics, "fastproxy_event_loop_tasks") == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 
@@ -181,3 +182,31 @@ def test_a_pin_no_target_holds_is_refused_with_a_clear_error() -> None:
     with pytest.raises(PinnedKeyUnavailable, match=r"pinned to the upstream key 'team'.*'only-b'") as err:
         router.plan(router.resolve("only-b"), "only-b", "team").first(0)
     assert err.value.status == 403 and err.value.code == "upstream_key_unavailable"
+
+
+def test_failures_of_requests_in_flight_when_it_opened_do_not_reopen_the_breaker() -> None:
+    """Regression (bench/chaos.py): 250 requests hung together; their timeouts each reopened the breaker,
+    so its cooldown reached the 120 s cap at once and the key stayed out two minutes after the upstream
+    was back. Only a probe's failure reopens (and doubles) it."""
+    breaker = Breaker(BreakerPolicy(failures=3, cooldown=5, max_cooldown=120))
+    for _ in range(3):
+        breaker.failure(100)
+    assert breaker.state == "open" and breaker.until == 105
+    for _ in range(250):
+        assert not breaker.failure(100.5)
+    assert (breaker.until, breaker.opens) == (105, 1)
+    breaker.start_probe()
+    assert breaker.failure(106) and breaker.until == 116  # the probe failed: doubled once
+    assert not breaker.failure(106.1) and breaker.until == 116
+
+
+def test_an_opening_heard_from_another_instance_does_not_double_this_ones_cooldown() -> None:
+    """Regression (bench/chaos.py): adopting another instance's opening counted as an opening here, so this
+    worker's next failed probe doubled the cooldown twice (once per instance)."""
+    router = Router(Settings(breaker_cooldown=5))
+    key = router.default.keys[0]
+    router.apply("default", key.id, time.time() + 5)
+    assert key.breaker.state == "open" and key.breaker.opens == 0
+    key.breaker.start_probe()
+    now = time.monotonic()
+    assert key.breaker.failure(now) and key.breaker.until == pytest.approx(now + 5)  # the first cooldown
