@@ -140,10 +140,10 @@ def faults(
 
         return run
 
-    upstream = 4.0 if quick else 15.0
+    upstream = 3.0 if quick else 15.0
     return [
-        ("redis killed", 5.0 if quick else 30.0, blocking(rig.redis.kill), blocking(rig.redis.start)),
-        ("postgres stopped", 8.0 if quick else 60.0, blocking(rig.pg.stop), blocking(rig.pg.start)),
+        ("redis killed", 3.0 if quick else 30.0, blocking(rig.redis.kill), blocking(rig.redis.start)),
+        ("postgres stopped", 5.0 if quick else 60.0, blocking(rig.pg.stop), blocking(rig.pg.start)),
         ("upstream 503", upstream, lambda: set_mode("5xx"), lambda: set_mode("pass")),
         ("upstream hangs", 6.0 if quick else 15.0, lambda: set_mode("hang"), lambda: set_mode("pass")),
         ("upstream resets", upstream, lambda: set_mode("reset"), lambda: set_mode("pass")),
@@ -154,7 +154,7 @@ def faults(
 
 
 async def chaos(rig: Rig, rate: float, quick: bool, recovery_limit: float, only: str = "") -> bool:
-    settle = 3.0 if quick else 10.0
+    settle = 2.0 if quick else 10.0
     load = Load(rig.fleet.url, rig.keys, rate)
     windows: list[Fault] = []
     connector = aiohttp.TCPConnector(limit=2000)
