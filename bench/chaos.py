@@ -198,6 +198,7 @@ async def settled_rows(dsn: str) -> list[tuple[str, str]]:
 
 
 async def main(args: argparse.Namespace) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows in a log file
     if HAPROXY is None:
         print("bench.chaos needs haproxy (Debian: apt-get install haproxy)", file=sys.stderr)
         return 2

@@ -159,8 +159,10 @@ async def run_plan(
 
 def _record_failure(state: State, target: LiveTarget, key: LiveKey, failed: _Failed, now: float, out: Outcome) -> None:
     key.last_error = failed.reason
-    if failed.kind is not Failure.TARGET:
-        key.breaker.probing = False  # a probe that met a 429 or a 4xx proved nothing either way
+    if failed.kind is not Failure.TARGET and key.breaker.probing:
+        # A probe that met a 429 or a 4xx proved nothing either way: the next request may probe at once.
+        key.breaker.probing = False
+        key.breaker.until = now
     if failed.kind is Failure.KEY:
         status = failed.response[0] if failed.response else 0
         if status == 429:

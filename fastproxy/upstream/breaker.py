@@ -68,8 +68,9 @@ class Breaker:
         self.probing = False
 
     def probe_due(self, now: float) -> bool:
-        """Open with its cooldown over, and no probe of this worker's under way."""
-        return self.state != "closed" and now >= self.until and not self.probing
+        """Open with its cooldown over, and no probe of this worker's under way (one that never reported
+        back, its client gone, counts as over after a cooldown: see start_probe)."""
+        return self.state != "closed" and now >= self.until
 
     def success(self, now: float) -> bool:
         """Record a success; True when it closed the breaker (a probe succeeded)."""
@@ -120,9 +121,12 @@ class Breaker:
         self.until = max(self.until, until)
         self.probing = False
 
-    def start_probe(self) -> None:
+    def start_probe(self, now: float) -> None:
+        """This worker sends the probe. Until it reports back, or a cooldown has passed (a probe whose
+        client left reports nothing), no other probe is due here."""
         self.state = "half_open"
         self.probing = True
+        self.until = now + self._policy.cooldown
 
     def close(self) -> None:
         self.state = "closed"
