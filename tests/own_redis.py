@@ -41,3 +41,10 @@ class OwnRedis:
     def close(self) -> None:
         self.stop()
         self._dir.cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown, nothing saved); `start` brings it back on the same port, empty."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+        self._proc = None

@@ -30,6 +30,7 @@ worker killed outright (SIGKILL, OOM) loses what it had not flushed.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import glob
 import logging
@@ -192,6 +193,15 @@ class Metrics:
             DURATION_BUCKETS,
         )
         self._ttft: dict[str, Batch] = {}
+        # A leak of tasks (a fire-and-forget task per request, a watcher never cancelled) shows as a count
+        # that keeps climbing under a steady load; one series per worker (`pid`), gone when it stops.
+        self.event_loop_tasks = Gauge(
+            "fastproxy_event_loop_tasks",
+            "asyncio tasks alive in this worker's event loop, sampled once a second.",
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
+        self._declared.append(self.event_loop_tasks)
         # Set by lifespan: each provider's number of open breakers, read at every flush.
         self.breaker_counts: Callable[[], dict[str, int]] | None = None
 
@@ -231,6 +241,12 @@ class Metrics:
         if self.breaker_counts is not None:
             for provider, count in self.breaker_counts().items():
                 self.breakers_open.labels(provider).set(count)
+
+    def sample_tasks(self) -> None:
+        """Set the task gauge; lifespan calls it once a second from its periodic task (on the loop).
+
+        `all_tasks()` walks every live task, so it runs off the request path and not at the 50 ms flush."""
+        self.event_loop_tasks.set(len(asyncio.all_tasks()))
 
     def _count_attempts(self, records: list[RequestRecord]) -> None:
         attempts: collections.Counter[tuple[str, str]] = collections.Counter()

@@ -9,7 +9,7 @@ from fastproxy.core.errors import RouteNotFound
 from fastproxy.core.responses import send_error, send_json
 from fastproxy.core.schemas import json_encoder
 from fastproxy.core.types import Receive, Scope, Send
-from fastproxy.observability.readiness import run_checks
+from fastproxy.observability.readiness import DEGRADED_CHECK_TIMEOUT, run_checks
 from fastproxy.server.state import State
 
 _HEALTH = json_encoder.encode({"status": "ok"})
@@ -29,8 +29,13 @@ async def root(state: State, scope: Scope, receive: Receive, send: Send) -> None
 
 
 async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> None:
-    """Readiness: every registered dependency check runs; 503 names each one that failed. Draining
-    (after SIGTERM): 503 at once, so the load balancer stops sending new requests here.
+    """Readiness: every registered dependency check runs; 503 names each failed one the worker cannot
+    serve without. Draining (after SIGTERM): 503 at once, so the load balancer stops sending new requests here.
+
+    A failed dependency of `state.degradable` (shared by every instance, with a failure policy that keeps
+    serving: the upstream, Redis under fail_open, the database under stale auth) is listed in `degraded`
+    and leaves the instance ready: every instance sees the same outage, and pulling them all out of the
+    load balancer would answer every request 503 where the proxy itself would serve it.
 
     `providers_down` names the providers none of whose keys may be tried now. It informs and does not
     make the instance unready: a provider's outage is every instance's, and pulling them all out of the
@@ -39,15 +44,19 @@ async def readyz(state: State, scope: Scope, receive: Receive, send: Send) -> No
     if state.drain.draining():
         await send_json(send, 503, _DRAINING)
         return
-    checks = await run_checks(state.readiness)
-    failed = [name for name, check in checks.items() if not check["ok"]]
+    checks = await run_checks(state.readiness, limits=dict.fromkeys(state.degradable, DEGRADED_CHECK_TIMEOUT))
+    down = [name for name, check in checks.items() if not check["ok"]]
+    failed = [name for name in down if name not in state.degradable]
+    degraded = [name for name in down if name in state.degradable]
     doc: dict[str, object] = {
-        "status": "unready" if failed else "ready",
+        "status": "unready" if failed else "degraded" if degraded else "ready",
         "checks": checks,
+        "degraded": degraded,
         "providers_down": state.router.providers_down(),
     }
-    if failed:
-        doc["message"] = "not ready: " + ", ".join(f"{name} ({checks[name]['error']})" for name in failed)
+    if down:
+        prefix = "not ready: " if failed else "degraded: "
+        doc["message"] = prefix + ", ".join(f"{name} ({checks[name]['error']})" for name in down)
     await send_json(send, 503 if failed else 200, json_encoder.encode(doc))
 
 

@@ -130,9 +130,12 @@ async def run_plan(
                 break
             if plan.repeat:
                 await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**out.attempts)))  # noqa: S311
-        if key.breaker.state != "closed" and not await router.probe(key):
-            # Another worker or instance holds this breaker's one probe: not an attempt, look elsewhere
-            # (a bounded number of times: every target may be resting behind someone else's probe).
+        if key.breaker.state != "closed" and not (key.breaker.probe_due(now) and await router.probe(key)):
+            # Resting (its cooldown not over, or this worker's probe already out), or another worker or
+            # instance holds its one probe: not an attempt, look elsewhere (a bounded number of times:
+            # every target may be resting behind someone else's probe). Asking for the permit before the
+            # cooldown was over sent a probe into the outage moments after the breaker opened (the permit
+            # is only set once the opening is published), and its failure doubled the cooldown.
             denied += 1
             if denied > 2 * budget:
                 break
@@ -158,8 +161,10 @@ async def run_plan(
 
 def _record_failure(state: State, target: LiveTarget, key: LiveKey, failed: _Failed, now: float, out: Outcome) -> None:
     key.last_error = failed.reason
-    if failed.kind is not Failure.TARGET:
-        key.breaker.probing = False  # a probe that met a 429 or a 4xx proved nothing either way
+    if failed.kind is not Failure.TARGET and key.breaker.probing:
+        # A probe that met a 429 or a 4xx proved nothing either way: the next request may probe at once.
+        key.breaker.probing = False
+        key.breaker.until = now
     if failed.kind is Failure.KEY:
         status = failed.response[0] if failed.response else 0
         if status == 429:

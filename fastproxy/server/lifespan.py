@@ -42,6 +42,8 @@ from fastproxy.upstream.router import Router
 from fastproxy.usage.setup import open_usage
 
 log = logging.getLogger("fastproxy")
+# Seconds between samples of the event loop's task count (a gauge for leak hunting: bench/chaos.py's soak).
+TASK_SAMPLE_INTERVAL = 1.0
 
 UpstreamFactory = Callable[[Settings], Upstream]
 
@@ -137,6 +139,7 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
                 upstream_headers=headers,
                 metrics=metrics,
                 readiness=readiness,
+                degradable=degradable(settings),
                 pid=os.getpid(),
                 store=store,
                 catalog=catalog,
@@ -151,6 +154,22 @@ async def open_state(settings: Settings, upstream_factory: UpstreamFactory = bui
             )
     finally:
         listener.stop()
+
+
+def degradable(settings: Settings) -> frozenset[str]:
+    """The dependencies whose outage keeps the instance ready: each is shared by every instance and covered
+    by a failure policy that keeps serving (the upstream: explicit 502/503/504 per request and fallbacks;
+    Redis under `fail_open`: per-instance limits; the database under `stale` auth: cached keys, usage rows
+    journaled). Marking every instance unready for them would leave the load balancer none at all and turn
+    a degraded mode into a full outage (found by bench/chaos.py). Under `fail_closed` / `closed` the
+    operator chose refusal, and a failing check makes the instance unready as before.
+    """
+    names = {"upstream"}
+    if settings.ratelimit_failure == "fail_open":
+        names.add("redis")
+    if settings.auth_on_store_error == "stale":
+        names.add("database")
+    return frozenset(names)
 
 
 def _own_task(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, None]) -> None:
@@ -190,6 +209,7 @@ def _drain_records(
         steps.setdefault(settings.access_log_interval, []).append(access.drain)
     if metrics is not None:
         steps.setdefault(settings.metrics_flush_interval, []).append(metrics.flush)
+        steps.setdefault(TASK_SAMPLE_INTERVAL, []).append(metrics.sample_tasks)
     for interval, calls in steps.items():
         _own_task(stack, every(interval, calls))
 

@@ -68,3 +68,6 @@ class State:
     body_deadline: BodyDeadline = field(default_factory=lambda: BodyDeadline(60.0))
     # Providers and routes stored through the admin API, kept in step on every worker; None without a database.
     provider_sync: ProviderSync | None = None
+    # Dependencies of `readiness` the worker serves through (a failure policy covers them): /readyz reports
+    # them failing as `degraded` and stays 200 (lifespan's `degradable`).
+    degradable: frozenset[str] = frozenset()

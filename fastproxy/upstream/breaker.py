@@ -68,8 +68,9 @@ class Breaker:
         self.probing = False
 
     def probe_due(self, now: float) -> bool:
-        """Open with its cooldown over, and no probe of this worker's under way."""
-        return self.state != "closed" and now >= self.until and not self.probing
+        """Open with its cooldown over, and no probe of this worker's under way (one that never reported
+        back, its client gone, counts as over after a cooldown: see start_probe)."""
+        return self.state != "closed" and now >= self.until
 
     def success(self, now: float) -> bool:
         """Record a success; True when it closed the breaker (a probe succeeded)."""
@@ -81,10 +82,18 @@ class Breaker:
         return True
 
     def failure(self, now: float) -> bool:
-        """Record a failure; True when it opened (or reopened) the breaker."""
+        """Record a failure; True when it opened (or reopened) the breaker.
+
+        Once open, only the probe's failure reopens it (doubling the cooldown). The other failures that
+        arrive then are of requests sent before it opened: under a hung upstream, a worker's hundreds of
+        requests in flight time out together, and each reopening took the cooldown from 5 s to its
+        120 s cap within milliseconds, holding the key out for two minutes after the upstream was back
+        (found by bench/chaos.py)."""
         self._window.add(now, True)
         self.consecutive += 1
         if self.state != "closed":
+            if not self.probing:
+                return False
             self.open(now)
             return True
         policy = self._policy
@@ -105,9 +114,19 @@ class Breaker:
         self.until = until if until is not None else now + cooldown
         self.probing = False
 
-    def start_probe(self) -> None:
+    def adopt(self, until: float) -> None:
+        """Open until `until` because another worker or instance opened it: its openings are not ours, so
+        the count that doubles our own cooldown is left alone (counting them doubled it once per instance)."""
+        self.state = "open"
+        self.until = max(self.until, until)
+        self.probing = False
+
+    def start_probe(self, now: float) -> None:
+        """This worker sends the probe. Until it reports back, or a cooldown has passed (a probe whose
+        client left reports nothing), no other probe is due here."""
         self.state = "half_open"
         self.probing = True
+        self.until = now + self._policy.cooldown
 
     def close(self) -> None:
         self.state = "closed"

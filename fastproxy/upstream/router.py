@@ -348,7 +348,7 @@ class Router:
         if not await self.board.acquire_probe(key.provider.name, key.id):
             key.breaker.until = time.monotonic() + 1.0  # look again in a second
             return False
-        key.breaker.start_probe()
+        key.breaker.start_probe(time.monotonic())
         return True
 
     def opened(self, key: LiveKey) -> None:
@@ -376,4 +376,4 @@ class Router:
         else:
             until = wall_to_monotonic(until_wall)
             if key.breaker.state == "closed" or until > key.breaker.until:
-                key.breaker.open(time.monotonic(), until)
+                key.breaker.adopt(until)

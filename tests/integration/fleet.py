@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ defaults
     timeout connect 2s
     timeout client 60s
     timeout server 60s
+    timeout check 1s
     retries 3
     option redispatch
     retry-on conn-failure empty-response response-timeout
@@ -77,8 +79,17 @@ class LoadBalancer:
 class Fleet:
     """The instances and their balancer. `env` holds the shared settings (database, Redis, prefix)."""
 
-    def __init__(self, upstream_url: str, env: dict[str, str], instances: int = 3, variant: str = "") -> None:
+    def __init__(
+        self,
+        upstream_url: str,
+        env: dict[str, str],
+        instances: int = 3,
+        variant: str = "",
+        instance_env: Callable[[int], dict[str, str]] | None = None,
+    ) -> None:
+        """`instance_env(i)`: settings of instance i alone (e.g. its own usage journal directory)."""
         self.variant = variant
+        self.instance_env = instance_env
         self.env = {
             "FASTPROXY_UPSTREAM_URL": upstream_url,
             "FASTPROXY_WORKERS": "2",
@@ -94,16 +105,17 @@ class Fleet:
         }
         self.instances: list[Server] = []
         try:
-            for _ in range(instances):
-                self.instances.append(self._start())
+            for index in range(instances):
+                self.instances.append(self._start(index))
             self.balancer = LoadBalancer([s.port for s in self.instances])
             self.wait_in_rotation()
         except BaseException:
             self.stop()
             raise
 
-    def _start(self, port: int | None = None) -> Server:
-        server = Server(["serve"], self.env, port=port)
+    def _start(self, index: int, port: int | None = None) -> Server:
+        env = {**self.env, **(self.instance_env(index) if self.instance_env else {})}
+        server = Server(["serve"], env, port=port)
         _wait_ready(server.url)
         return server
 
@@ -131,15 +143,40 @@ class Fleet:
         old.proc.wait(30)
         took = time.monotonic() - started
         old.log_path.unlink(missing_ok=True)
-        self.instances[index] = self._start(old.port)
+        self.instances[index] = self._start(index, old.port)
         self.wait_in_rotation()
         return took
+
+    def kill(self, index: int) -> None:
+        """SIGKILL every process of the instance (master and workers, as an OOM kill of its container
+        would), and wait until they are gone. `start_again` brings it back."""
+        old = self.instances[index]
+        os.killpg(old.proc.pid, signal.SIGKILL)
+        old.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _group_alive(old.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start_again(self, index: int) -> None:
+        """Start instance `index` on its old port (after `kill`) and wait until the balancer has it."""
+        old = self.instances[index]
+        old.log_path.unlink(missing_ok=True)
+        self.instances[index] = self._start(index, old.port)
+        self.wait_in_rotation()
 
     def stop(self) -> None:
         if getattr(self, "balancer", None) is not None:
             self.balancer.stop()
         for server in self.instances:
             server.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _ready(url: str) -> bool:

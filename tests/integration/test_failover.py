@@ -327,7 +327,9 @@ async def test_every_target_down_stays_within_the_budgets(
         FASTPROXY_PROVIDERS=json.dumps(providers),
         FASTPROXY_ROUTES=json.dumps(routes),
         FASTPROXY_RETRY_BUDGET_MIN="5",
-        FASTPROXY_BREAKER_FAILURES="1000",  # the retry budget alone holds the line here
+        # The retry budget alone holds the line here: no breaker opens (neither rule can trigger).
+        FASTPROXY_BREAKER_FAILURES="1000",
+        FASTPROXY_BREAKER_MIN_REQUESTS="1000",
     )
     failing = "storm-model~status=503"
     requests = 100

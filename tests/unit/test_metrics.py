@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -262,3 +263,17 @@ def test_tokens_of_a_batch_mixing_cache_hits_and_models(metrics: Metrics) -> Non
     metrics.observe(_record(model=None, usage=TokenUsage(prompt=1, completion=1, total=2)))
     assert _value(metrics, "fastproxy_tokens_total", model="gpt-a", kind="prompt") == 9
     assert _value(metrics, "fastproxy_tokens_total", model="gpt-b", kind="completion") == 5
+
+
+async def test_task_gauge_counts_the_loops_live_tasks(metrics: Metrics) -> None:
+    metrics.sample_tasks()
+    before = _value(metrics, "fastproxy_event_loop_tasks")
+    assert before >= 1  # this test's own task
+    release = asyncio.Event()
+    extra = [asyncio.create_task(release.wait()) for _ in range(5)]
+    metrics.sample_tasks()
+    assert _value(metrics, "fastproxy_event_loop_tasks") == before + 5
+    release.set()
+    await asyncio.gather(*extra)
+    metrics.sample_tasks()
+    assert _value(metrics, "fastproxy_event_loop_tasks") == before

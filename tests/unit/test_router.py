@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 
@@ -18,12 +19,12 @@ def test_breaker_opens_after_consecutive_failures_and_doubles_its_cooldown() -> 
     assert not breaker.failure(100) and not breaker.failure(100)
     assert breaker.failure(100) and breaker.state == "open" and breaker.until == 105
     assert not breaker.probe_due(104.9) and breaker.probe_due(105)
-    breaker.start_probe()
+    breaker.start_probe(105)
     assert not breaker.probe_due(106)  # one probe at a time
     assert breaker.failure(106) and breaker.until == 116  # reopened: 10 s
-    breaker.start_probe()
+    breaker.start_probe(116)
     assert breaker.failure(117) and breaker.until == 129  # capped at 12 s
-    breaker.start_probe()
+    breaker.start_probe(129)
     assert breaker.success(130)
     assert (breaker.state, breaker.opens) == ("closed", 0)
 
@@ -181,3 +182,40 @@ def test_a_pin_no_target_holds_is_refused_with_a_clear_error() -> None:
     with pytest.raises(PinnedKeyUnavailable, match=r"pinned to the upstream key 'team'.*'only-b'") as err:
         router.plan(router.resolve("only-b"), "only-b", "team").first(0)
     assert err.value.status == 403 and err.value.code == "upstream_key_unavailable"
+
+
+def test_failures_of_requests_in_flight_when_it_opened_do_not_reopen_the_breaker() -> None:
+    """Regression (bench/chaos.py): 250 requests hung together; their timeouts each reopened the breaker,
+    so its cooldown reached the 120 s cap at once and the key stayed out two minutes after the upstream
+    was back. Only a probe's failure reopens (and doubles) it."""
+    breaker = Breaker(BreakerPolicy(failures=3, cooldown=5, max_cooldown=120))
+    for _ in range(3):
+        breaker.failure(100)
+    assert breaker.state == "open" and breaker.until == 105
+    for _ in range(250):
+        assert not breaker.failure(100.5)
+    assert (breaker.until, breaker.opens) == (105, 1)
+    breaker.start_probe(105)
+    assert breaker.failure(106) and breaker.until == 116  # the probe failed: doubled once
+    assert not breaker.failure(106.1) and breaker.until == 116
+
+
+def test_an_opening_heard_from_another_instance_does_not_double_this_ones_cooldown() -> None:
+    """Regression (bench/chaos.py): adopting another instance's opening counted as an opening here, so this
+    worker's next failed probe doubled the cooldown twice (once per instance)."""
+    router = Router(Settings(breaker_cooldown=5))
+    key = router.default.keys[0]
+    router.apply("default", key.id, time.time() + 5)
+    assert key.breaker.state == "open" and key.breaker.opens == 0
+    now = time.monotonic()
+    key.breaker.start_probe(now)
+    assert key.breaker.failure(now) and key.breaker.until == pytest.approx(now + 5)  # the first cooldown
+
+
+def test_a_probe_that_never_reports_back_does_not_keep_the_breaker_half_open() -> None:
+    """A probe whose client left (cancelled: neither success nor failure) must not hold the key out for good
+    now that a request asks `probe_due` before taking the permit: after a cooldown another probe is due."""
+    breaker = Breaker(BreakerPolicy(failures=1, cooldown=5))
+    breaker.failure(100)
+    breaker.start_probe(105)
+    assert not breaker.probe_due(109.9) and breaker.probe_due(110)
