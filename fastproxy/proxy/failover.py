@@ -37,7 +37,7 @@ from fastproxy.core.types import RawHeaders, Send
 from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
-from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
+from fastproxy.proxy.headers import STREAM_HEADERS
 from fastproxy.proxy.sse import SSEWatcher
 from fastproxy.server.state import State
 from fastproxy.upstream import HeaderList, UpstreamResponse
@@ -275,8 +275,8 @@ async def _exchange(
         key.observe_ratelimit(resp.headers, now)
     out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
     tee = out.tee
-    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
-        tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
+    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers (out_headers' head)
+        tee.start(status, out_headers[: len(out_headers) - 2 - len(extra_headers)], chunks is not None)
     if watcher is None or chunks is None:
         await resp.release()
         if status < 300:
