@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastproxy.cache.coalesce import Flight, Flights
-from fastproxy.cache.entry import FORMAT, CacheKey, Entry, derive, size_of
+from fastproxy.cache.entry import FORMAT, CacheKey, Entry, KeyMaker, size_of
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.policy import (
     Directives,
@@ -193,6 +193,7 @@ class ResponseCache:
         self.redis = redis
         self.clock = clock
         self.flights = Flights()
+        self._keys = KeyMaker()
         self.rule = Rule(config.default_on, config.scope, config.generations, config.ttl)
         self._not_cacheable = Lookup(None, BYPASS)
         self._no_store = Lookup(None, BYPASS)
@@ -227,10 +228,11 @@ class ResponseCache:
         if not wants.store:
             self.counts["bypass", "no_store"] += 1
             return self._no_store
-        key = derive(scope_of(principal, rule.scope), endpoint, upstream, model, body)
+        key = self._keys.derive(scope_of(principal, rule.scope), endpoint, upstream, model, body)
         lookup = Lookup(self, MISS, key, rule.ttl)
         if wants.read:
-            entry = self.memory.get(key, self.clock()) if self.memory is not None else None
+            now = self.clock()
+            entry = self.memory.get(key, now) if self.memory is not None else None
             if entry is None and self.redis is not None:
                 found = await self.redis.get(key)
                 if found is UNAVAILABLE:
@@ -241,7 +243,7 @@ class ResponseCache:
                 if entry is not None and self.memory is not None:
                     self._near(key, entry, rule.ttl)
             if entry is not None:
-                age = self.clock() - entry.created
+                age = now - entry.created
                 if wants.max_age is None or age <= wants.max_age:
                     self.hits += 1
                     lookup.entry, lookup.header, lookup.age = entry, HIT, int(max(age, 0))

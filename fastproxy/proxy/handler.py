@@ -111,7 +111,7 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
                     view.seed,
                     # The resolved route, and whether the stream is given back without its usage chunk
                     # (what is stored is what the client was sent).
-                    f"{route.name}|{int(out.injected)}",
+                    route.name + ("|1" if out.injected else "|0"),
                     view.model or "",
                     body,
                     route.cache,

@@ -7,7 +7,7 @@ import os
 import tracemalloc
 
 from fastproxy.cache.coalesce import Flights
-from fastproxy.cache.entry import FORMAT, Entry, decode, derive, encode
+from fastproxy.cache.entry import FORMAT, Entry, KeyMaker, decode, derive, encode
 from fastproxy.cache.memory import MemoryStore
 from fastproxy.cache.policy import Rule, cacheable, directives, resolve, scope_of
 from fastproxy.cache.service import BYPASS, MISS, CacheConfig, Lookup, ResponseCache
@@ -170,3 +170,9 @@ async def test_the_lookup_follows_the_route_and_the_key() -> None:
     assert keyed.key is not None and keyed.key.scope == "key:k1"
     assert (await look(alice, RouteCache(enabled=False), "embeddings")).header == BYPASS
     assert cache.counts["bypass", "off"] == 1
+
+
+def test_the_key_maker_agrees_with_derive() -> None:
+    maker = KeyMaker()
+    for scope, body in (("user:a", b"{}"), ("user:a", b"{ }"), ("user:b", b"{}"), ("user:a", b"{}")):
+        assert maker.derive(scope, "embeddings", "r|0", "m", body) == derive(scope, "embeddings", "r|0", "m", body)
