@@ -42,7 +42,7 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     allowed_models: list[Model] | None = None
     expires_at: UnixTime | None = None
     limits: Limits | None = None
-    # The key's response-cache settings: {"enabled": bool, "scope": "key" | "user" | "global"}.
+    # The key's response-cache settings: {"enabled", "ttl", "scope", "generations"} (core.schemas.KeyCache).
     cache: KeyCache | None = None
     upstream_key: UpstreamKey | None = None
 

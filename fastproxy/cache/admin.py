@@ -4,7 +4,8 @@
     DELETE /admin/cache/users/{id}         the entries of a user's scope
     DELETE /admin/cache/keys/{id}          the entries of a key's scope
     DELETE /admin/cache/global             the entries of the shared (`global`) scope
-    DELETE /admin/cache/models/{model}     the entries of a route (today: the model as sent upstream)
+    DELETE /admin/cache/routes/{name}      the entries of a route (the model the client names: a route's
+    DELETE /admin/cache/models/{model}     name, `provider/model`, or a model of the default provider)
 
 With Redis a purge reaches every instance; the in-process cache is per worker, so there a purge
 empties only the worker that answers it (the answer says which backend it used).
@@ -45,7 +46,7 @@ def _target(path: str) -> tuple[str | None, str | None]:
             return "user:" + ident, None
         if kind == "keys":
             return "key:" + ident, None
-        if kind == "models":
+        if kind in ("models", "routes"):
             return None, ident
     raise RouteNotFound(f"Invalid URL (DELETE {path})")
 

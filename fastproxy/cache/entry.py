@@ -9,12 +9,15 @@ authenticated principal, never from the client, so a client cannot name (or prob
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 
 # Bumped when the stored layout changes: an entry of another version decodes as a miss.
 FORMAT = 1
 _HEADER_OVERHEAD = 64
+# Head hash states kept by a KeyMaker (scopes x routes in use; cleared when full).
+_HEADS = 4096
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -73,12 +76,38 @@ class CacheKey(msgspec.Struct, frozen=True, gc=False):
     model: str
 
 
+class KeyMaker:
+    """`derive`, with the hash of each (scope, endpoint, upstream, model) head kept (bounded): a request
+    then hashes only its body, into a copy of its head's hash state."""
+
+    __slots__ = ("_heads",)
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str, str, str], Any] = {}
+
+    def derive(self, scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
+        head = (scope, endpoint, upstream, model)
+        state = self._heads.get(head)
+        if state is None:
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            state = self._heads[head] = _head(scope, endpoint, upstream, model)
+        h = state.copy()
+        h.update(body)
+        return CacheKey(h.digest(), scope, model)
+
+
+def _head(scope: str, endpoint: str, upstream: str, model: str) -> Any:
+    return hashlib.sha256(
+        f"{len(scope)}:{scope}|{len(endpoint)}:{endpoint}|{len(upstream)}:{upstream}|{len(model)}:{model}|".encode()
+    )
+
+
 def derive(scope: str, endpoint: str, upstream: str, model: str, body: bytes) -> CacheKey:
     """The key of a request. `upstream`: the resolved route (and stream shaping); `model`: as the client named it.
 
     Each text part is length-prefixed, so no two different tuples give the same bytes to hash.
     """
-    head = f"{len(scope)}:{scope}|{len(endpoint)}:{endpoint}|{len(upstream)}:{upstream}|{len(model)}:{model}|"
-    h = hashlib.sha256(head.encode())
+    h = _head(scope, endpoint, upstream, model)
     h.update(body)  # the bytes as sent upstream, never decoded or copied; last, so needs no length
     return CacheKey(h.digest(), scope, model)

@@ -7,8 +7,8 @@ upstream's response into the store (and to the followers of an identical request
     always:         lookup.release() when the request ends (a leader that did not finish fails its flight)
 
 Never raises for a backend's sake: a backend that is down or slow makes the lookup a bypass.
-Settings are global, and per key (`cache: {"enabled", "scope"}` on the key, admin API); per route once
-routes exist.
+Settings are global (CacheConfig), per route (`cache` on a route) and per key (`cache` on a key, admin
+API); policy.resolve combines them for each request.
 """
 
 from __future__ import annotations
@@ -19,9 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastproxy.cache.coalesce import Flight, Flights
-from fastproxy.cache.entry import FORMAT, CacheKey, Entry, derive, size_of
+from fastproxy.cache.entry import FORMAT, CacheKey, Entry, KeyMaker, size_of
 from fastproxy.cache.memory import MemoryStore
-from fastproxy.cache.policy import Directives, Generations, Scope, cacheable, directives, scope_of
+from fastproxy.cache.policy import (
+    Directives,
+    Generations,
+    Overrides,
+    Rule,
+    Scope,
+    cacheable,
+    directives,
+    resolve,
+    scope_of,
+)
 from fastproxy.cache.redis_store import UNAVAILABLE, RedisStore
 from fastproxy.cache.replay import Framer, send_following, send_stored
 from fastproxy.core.schemas import Principal, TokenUsage
@@ -43,6 +53,8 @@ class CacheConfig:
     # With Redis: how long a worker keeps an entry it read from or wrote to Redis in its own memory
     # (the near tier: a repeated hit costs no round trip); 0: always ask Redis.
     local_ttl: float = 5.0
+    # False: only routes and keys whose settings say `enabled: true` are cached.
+    default_on: bool = True
 
 
 class Lookup:
@@ -61,14 +73,19 @@ class Lookup:
         "header",
         "key",
         "leads",
+        "ttl",
         "usage",
         "writes",
     )
 
-    def __init__(self, cache: ResponseCache | None, header: tuple[bytes, bytes], key: CacheKey | None = None) -> None:
+    def __init__(
+        self, cache: ResponseCache | None, header: tuple[bytes, bytes], key: CacheKey | None = None, ttl: float = 0.0
+    ) -> None:
         self._cache = cache
         self.header = header
         self.key = key
+        # How long the answer is kept (the request's Rule).
+        self.ttl = ttl
         self.entry: Entry | None = None
         # Set for a follower (the flight to read) and for a leader (the flight to feed).
         self.flight: Flight | None = None
@@ -151,7 +168,7 @@ class Lookup:
                 # The list itself: nothing is appended after end() (a flight's followers only read it).
                 chunks = self._chunks
                 entry = Entry(FORMAT, cache.clock(), 200, self._stream, self._headers, chunks, packed)
-                cache.put(self.key, entry, size_of(self._headers, chunks, self._size))
+                cache.put(self.key, entry, size_of(self._headers, chunks, self._size), self.ttl)
         if self.flight is not None and self.leads:
             self.flight.end(ok, packed)
             cache.flights.leave(self.key.digest, self.flight)
@@ -176,6 +193,8 @@ class ResponseCache:
         self.redis = redis
         self.clock = clock
         self.flights = Flights()
+        self._keys = KeyMaker()
+        self.rule = Rule(config.default_on, config.scope, config.generations, config.ttl)
         self._not_cacheable = Lookup(None, BYPASS)
         self._no_store = Lookup(None, BYPASS)
         # Counts since the metrics last took them: plain ints for the three common outcomes (an int's
@@ -193,27 +212,27 @@ class ResponseCache:
         upstream: str,
         model: str,
         body: bytes,
+        route: Overrides | None = None,
     ) -> Lookup:
-        """Classify the request and, for a cacheable one, read the store and join the in-flight table."""
+        """Classify the request and, for a cacheable one, read the store and join the in-flight table.
+        `route`: the resolved route's cache settings; the key's are the principal's."""
         config = self.config
-        if not cacheable(endpoint, temperature, seed, config.generations):
+        rule = resolve(self.rule, route, principal.cache)
+        if not rule.enabled:
+            self.counts["bypass", "off"] += 1
+            return self._no_store
+        if not cacheable(endpoint, temperature, seed, rule.generations):
             self.not_cacheable += 1
             return self._not_cacheable
         wants = _directives(headers)
         if not wants.store:
             self.counts["bypass", "no_store"] += 1
             return self._no_store
-        scope = config.scope
-        own = principal.cache  # the key's own settings (admin API), over the global ones
-        if own is not None:
-            if own.enabled is False:
-                self.counts["bypass", "key_off"] += 1
-                return self._no_store
-            scope = own.scope or scope
-        key = derive(scope_of(principal, scope), endpoint, upstream, model, body)
-        lookup = Lookup(self, MISS, key)
+        key = self._keys.derive(scope_of(principal, rule.scope), endpoint, upstream, model, body)
+        lookup = Lookup(self, MISS, key, rule.ttl)
         if wants.read:
-            entry = self.memory.get(key, self.clock()) if self.memory is not None else None
+            now = self.clock()
+            entry = self.memory.get(key, now) if self.memory is not None else None
             if entry is None and self.redis is not None:
                 found = await self.redis.get(key)
                 if found is UNAVAILABLE:
@@ -222,9 +241,9 @@ class ResponseCache:
                     return lookup
                 entry = found if isinstance(found, Entry) else None
                 if entry is not None and self.memory is not None:
-                    self._near(key, entry)
+                    self._near(key, entry, rule.ttl)
             if entry is not None:
-                age = self.clock() - entry.created
+                age = now - entry.created
                 if wants.max_age is None or age <= wants.max_age:
                     self.hits += 1
                     lookup.entry, lookup.header, lookup.age = entry, HIT, int(max(age, 0))
@@ -241,19 +260,20 @@ class ResponseCache:
         lookup.writes = True
         return lookup
 
-    def put(self, key: CacheKey, entry: Entry, size: int = 0) -> None:
+    def put(self, key: CacheKey, entry: Entry, size: int = 0, ttl: float | None = None) -> None:
+        ttl = self.config.ttl if ttl is None else ttl
         if self.redis is not None:
-            self.redis.put(key, entry, self.config.ttl)
+            self.redis.put(key, entry, ttl)
             if self.memory is not None:
-                self._near(key, entry, size)
-        elif self.memory is not None and not self.memory.put(key, entry, self.config.ttl, self.clock(), size):
+                self._near(key, entry, ttl, size)
+        elif self.memory is not None and not self.memory.put(key, entry, ttl, self.clock(), size):
             self.counts["bypass", "too_large"] += 1
 
-    def _near(self, key: CacheKey, entry: Entry, size: int = 0) -> None:
-        """Keep a Redis entry in the worker's near tier for at most `local_ttl` (and never past its own TTL)."""
+    def _near(self, key: CacheKey, entry: Entry, ttl: float, size: int = 0) -> None:
+        """Keep a Redis entry in the worker's near tier for at most `local_ttl` (and never past `ttl`, its own)."""
         assert self.memory is not None
         now = self.clock()
-        ttl = min(self.config.local_ttl, self.config.ttl - (now - entry.created))
+        ttl = min(self.config.local_ttl, ttl - (now - entry.created))
         if ttl > 0:
             self.memory.put(key, entry, ttl, now, size)
 

@@ -77,6 +77,19 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     weight: Weight = 1.0
 
 
+class RouteCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A route's response-cache settings (fastproxy/cache); a field left out follows the global setting.
+    The same fields as a key's (core.schemas.KeyCache); how they combine: fastproxy/cache/policy.py."""
+
+    # false: this route is never cached; true: cached even when FASTPROXY_CACHE_DEFAULT=off.
+    enabled: bool | None = None
+    # Seconds an entry of this route lives (the shortest of the key's, the route's: the global one otherwise).
+    ttl: Seconds | None = None
+    scope: Literal["key", "user", "global"] | None = None
+    # Chat, completions, Responses: cached when deterministic (temperature 0 or a seed), always, or never.
+    generations: Literal["deterministic", "always", "never"] | None = None
+
+
 class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     targets: list[Target]
     # What to try when a target answers 400 context_length_exceeded: a route, `provider/model`, or a model
@@ -84,6 +97,8 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     context_fallback: str | None = None
     # Upstream attempts per client request, over every key and target together.
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    # The response cache for this route's requests (none: the global settings).
+    cache: RouteCache | None = None
 
 
 def resolve_secret(value: str, environ: Mapping[str, str], where: str) -> str:

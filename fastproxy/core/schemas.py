@@ -6,7 +6,7 @@ so messages, tools and images are never turned into Python objects.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -130,11 +130,16 @@ class Limits(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fie
 
 
 class KeyCache(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
-    """A key's response-cache settings (fastproxy/cache); a field left out follows the global setting.
-    `enabled: false` keeps the key out of the cache; `true` cannot turn on a cache that is off."""
+    """A key's response-cache settings (fastproxy/cache); a field left out follows the route's, then the
+    global setting (fastproxy/cache/policy.py). `enabled: false` keeps the key out of the cache; `true`
+    caches its requests even when FASTPROXY_CACHE_DEFAULT=off, but cannot turn on a cache that is off
+    (FASTPROXY_CACHE). The same fields as a route's (core.providers.RouteCache)."""
 
     enabled: bool | None = None
     scope: Literal["key", "user", "global"] | None = None
+    # Seconds an entry written for this key lives (the shortest of the key's and the route's wins).
+    ttl: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    generations: Literal["deterministic", "always", "never"] | None = None
 
 
 class Principal(msgspec.Struct, frozen=True, gc=False):

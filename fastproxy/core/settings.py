@@ -143,9 +143,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Granian's and pyreqwest's runtime threads in SCHED_BATCH, so a socket becoming ready does not
     # preempt the event loop only to wait for its GIL (fastproxy/threads.py). Linux only.
     runtime_threads_batch: bool = True
-    # The response cache (fastproxy/cache): off unless asked for. Global settings today; per route once
-    # routes exist (the key already includes the resolved upstream and model).
+    # The response cache (fastproxy/cache): off unless asked for. The settings below are the defaults;
+    # a route's `cache` table and a key's `cache` (admin API) override them (fastproxy/cache/policy.py).
     cache: bool = False
+    # on: every route and key is cached unless it says `enabled = false`; off: only those that say `true`.
+    cache_default: Literal["on", "off"] = "on"
     # auto: Redis when cache_redis_url or redis_url is set, else the in-process LRU (per worker).
     cache_backend: Literal["auto", "memory", "redis"] = "auto"
     # Redis for the cache only; empty: redis_url.

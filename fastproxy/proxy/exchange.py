@@ -89,7 +89,8 @@ class Outcome:
 def response_headers(
     upstream: RawHeaders, request_id: bytes, started: float, sent: float | None, extra: RawHeaders
 ) -> RawHeaders:
-    """The upstream's response headers the client may see, and the proxy's own."""
+    """The upstream's response headers the client may see, then the proxy's own: x-request-id,
+    Server-Timing and `extra`, in that order (the response cache's tee slices the upstream's off the head)."""
     headers: RawHeaders = [(k, v) for k, v in upstream if k.lower() not in DROP_RESPONSE]
     headers.append((b"x-request-id", request_id))
     headers.append(server_timing(started, sent if sent is not None else started, perf_counter()))

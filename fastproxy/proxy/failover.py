@@ -304,8 +304,8 @@ async def _exchange(
         key.observe_ratelimit(resp.headers, now)
     out_headers = response_headers(resp.headers, request_id, out.started, out.sent, extra_headers)
     tee = out.tee
-    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers
-        tee.start(status, [(k, v) for k, v in resp.headers if k.lower() not in DROP_RESPONSE], chunks is not None)
+    if tee is not None:  # cache hook: the response cache keeps the upstream's own headers (out_headers' head)
+        tee.start(status, out_headers[: len(out_headers) - 2 - len(extra_headers)], chunks is not None)
     if watcher is None or chunks is None:
         await resp.release()
         if status < 300 and out.leg is None:  # an ingress leg set the usage as it translated (proxy/messages.py)

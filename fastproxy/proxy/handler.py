@@ -12,8 +12,10 @@ Handlers talk only to adapters held by State; no network library is imported her
 from __future__ import annotations
 
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from time import perf_counter, time
+from typing import Any
 
 from fastproxy.cache.service import Lookup
 from fastproxy.core.errors import InvalidRequest, PermissionDenied, ProxyError
@@ -120,9 +122,10 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
                     view.seed,
                     # The resolved route, and whether the stream is given back without its usage chunk
                     # (what is stored is what the client was sent).
-                    f"{route.name}|{int(out.injected)}",
+                    route.name + ("|1" if out.injected else "|0"),
                     view.model or "",
                     body,
+                    route.cache,
                 )
                 if lookup.entry is not None and not state.settings.cache_hit_tokens:
                     estimate = 0  # a hit takes one request from the limits, no tokens
@@ -130,12 +133,15 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         forward.append(("x-request-id", request_id.decode()))
         tail = scope["path"][3:]
         query = scope["query_string"].decode("latin-1") if scope["query_string"] else ""
-        if endpoint.messages and route is None:  # count_tokens no Anthropic provider can answer
+        work: Coroutine[Any, Any, None] | None = None
+        if lookup is not None and lookup.entry is not None:
+            pass  # cache hook 2: a stored hit, sent below at once (nothing to wait for: no plan, no watcher)
+        elif endpoint.messages and route is None:  # count_tokens no Anthropic provider can answer
             work = messages.count_locally(body, send, request_id, admission.headers, out)
         elif out.model is not None:
             # A model request: its route's targets, one at a time, until one answers (proxy/failover.py).
             plan = state.router.plan(route or state.router.resolve(out.model), out.model, principal.upstream_key)
-            if lookup is not None and lookup.answers:  # cache hook 2: a hit, or an identical request in flight
+            if lookup is not None and lookup.answers:  # cache hook 2: an identical request in flight
                 work = _cached(state, lookup, plan, scope["method"], tail, query, forward, body, send, request_id,
                                admission.headers, out)  # fmt: skip
             else:
@@ -152,7 +158,10 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
             url = state.base_url + tail + ("?" + query if query else "")
             work = passthrough(state, scope["method"], url, forward, body, send, request_id, admission.headers, out)
         try:
-            await cancel_on_disconnect(receive, work, out)
+            if work is not None:
+                await cancel_on_disconnect(receive, work, out)
+            elif lookup is not None:
+                await _hit(lookup, send, request_id, admission.headers, out)
         finally:
             if lookup is not None:
                 lookup.release()
@@ -203,6 +212,13 @@ async def proxy(state: State, scope: Scope, receive: Receive, send: Send, endpoi
         observe(record)
 
 
+async def _hit(lookup: Lookup, send: Send, request_id: bytes, limits: RawHeaders, out: Outcome) -> None:
+    now = perf_counter()
+    headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
+    await lookup.serve(send, headers, None)
+    out.status, out.cache_hit, out.usage, out.ttfb = 200, True, lookup.usage, now
+
+
 async def _cached(
     state: State,
     lookup: Lookup,
@@ -217,8 +233,8 @@ async def _cached(
     limits: RawHeaders,
     out: Outcome,
 ) -> None:
-    """A hit, or a follower of an identical request in flight (fastproxy/cache), answered here; when the
-    followed request failed before answering, this one goes to its route as usual."""
+    """A follower of an identical request in flight (fastproxy/cache), answered here; when the followed
+    request failed before answering, this one goes to its route as usual."""
     now = perf_counter()
     headers: RawHeaders = [(b"x-request-id", request_id), proxy_timing(out.started, now), *limits]
     if await lookup.serve(send, headers, None):

@@ -38,7 +38,7 @@ from redis.crc import key_slot
 from fastproxy.ratelimit.buckets import Bucket
 from fastproxy.ratelimit.core import StoreUnavailable
 from fastproxy.ratelimit.replies import Taken
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk, pack_evalsha
+from fastproxy.server.wire import ChannelError, ReplyError, ScriptChannel, bulk, pack_evalsha
 
 log = logging.getLogger("fastproxy.ratelimit")
 

@@ -41,7 +41,7 @@ from fastproxy.ratelimit.core import BucketAdmission, StoreUnavailable
 from fastproxy.ratelimit.local import Clock, LocalLimiter
 from fastproxy.ratelimit.replies import Taken
 from fastproxy.ratelimit.settler import Settler
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, bulk, is_noscript, pack_evalsha
+from fastproxy.server.wire import ChannelError, ReplyError, ScriptChannel, bulk, is_noscript, pack_evalsha
 
 log = logging.getLogger("fastproxy.ratelimit")
 

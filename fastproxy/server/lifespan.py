@@ -230,6 +230,7 @@ def _open_cache(
         generations=settings.cache_generations,
         coalesce=settings.cache_coalesce,
         local_ttl=settings.cache_local_ttl,
+        default_on=settings.cache_default == "on",
     )
     url = settings.cache_redis_url or settings.redis_url
     if settings.cache_backend == "memory" or not url:

@@ -80,7 +80,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     revoked_at: int | None = None
     allowed_models: list[str] | None = None
     limits: Limits | None = None
-    # Response-cache settings of this key (migration 0005); None: the global ones.
+    # Response-cache settings of this key (migration 0005; JSON, so new fields need no migration);
+    # None: the route's and the global ones.
     cache: KeyCache | None = None
     # The id of the provider key this key's requests are served with, over its user's (migration 0007).
     upstream_key: str | None = None

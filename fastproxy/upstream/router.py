@@ -51,7 +51,7 @@ class LiveTarget:
 
 
 class LiveRoute:
-    __slots__ = ("config", "context_fallback", "cum_weights", "direct", "groups", "max_attempts", "name")
+    __slots__ = ("cache", "config", "context_fallback", "cum_weights", "direct", "groups", "max_attempts", "name")
 
     def __init__(
         self,
@@ -65,6 +65,8 @@ class LiveRoute:
         self.name = name
         # What it was built from (a rebuild keeps a route whose config did not change).
         self.config = config
+        # The route's response-cache settings (fastproxy/cache), read on every cacheable request.
+        self.cache = config.cache if config is not None else None
         # `provider/model`: the model sent upstream is what follows the provider's name.
         self.direct = direct
         self.max_attempts = max_attempts

@@ -35,6 +35,9 @@ def _load(providers: object, routes: object, **env: str) -> None:
         ({"a": {"api_key": "k"}}, {}, "provider 'a': base_url is required"),
         ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a", "weight": 0}]}}, "route 'm': targets[0].weight"),
         ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a"}], "context_fallback": "m"}}, "itself"),
+        ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a"}], "cache": {"scope": "all"}}}, "'m': cache.scope"),
+        ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a"}], "cache": {"ttl": 0}}}, "route 'm': cache.ttl"),
+        ({"a": GOOD_PROVIDER}, {"m": {"targets": [{"provider": "a"}], "cache": {"tll": 5}}}, "route 'm': cache"),
     ],
 )
 def test_a_bad_provider_or_route_is_named_with_its_field(providers: object, routes: object, says: str) -> None:
@@ -66,6 +69,17 @@ def test_toml_config(tmp_path: Path) -> None:
     settings = load_settings(str(config), environ={})
     assert settings.providers["azure"].type == "azure"
     assert [t.provider for t in settings.routes["gpt-4o"].targets] == ["azure", "default"]
+
+
+def test_a_route_s_cache_table_in_toml(tmp_path: Path) -> None:
+    config = tmp_path / "fastproxy.toml"
+    config.write_text(
+        '[routes."emb"]\ntargets = [{ provider = "default" }]\n'
+        '[routes."emb".cache]\nscope = "global"\nttl = 86400\ngenerations = "never"\nenabled = true\n'
+    )
+    cache = load_settings(str(config), environ={"FASTPROXY_UPSTREAM_URL": "http://a.test/v1"}).routes["emb"].cache
+    assert cache is not None
+    assert (cache.scope, cache.ttl, cache.generations, cache.enabled) == ("global", 86400, "never", True)
 
 
 def test_serve_refuses_to_start_with_one_line(tmp_path: Path) -> None:

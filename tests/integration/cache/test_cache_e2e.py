@@ -243,6 +243,26 @@ async def test_fifty_concurrent_identical_requests_reach_upstream_once(
     assert len({s[1] for s in streams}) == 1 and streams[0][1].endswith(b"data: [DONE]\n\n")
 
 
+async def test_fifty_concurrent_identical_requests_over_two_instances_reach_upstream_once_per_instance(
+    pair: list[Server], upstream: Server, http: httpx.AsyncClient
+) -> None:
+    """Cross-instance coalescing is not built (README, "Response cache"): the figure it would improve. Each
+    instance coalesces its own share; a burst that arrives once the answer is stored is all hits."""
+    a, b = pair
+    key = (await new_key(http, a, await new_user(http, a)))["key"]
+    base = await upstream_requests(http, upstream)
+    async with sdk(a, key) as on_a, sdk(b, key) as on_b:
+        results = await asyncio.gather(
+            *(embed(on_a if i % 2 else on_b, "two-instance burst", **{"x-mock-sleep-ms": "300"}) for i in range(50))
+        )
+        calls = await upstream_requests(http, upstream) - base
+        print(f"50 concurrent identical requests over two instances: {calls} upstream calls")
+        assert calls == 2 and [r[0] for r in results].count("miss") == 2
+        later = await asyncio.gather(*(embed(on_a if i % 2 else on_b, "two-instance burst") for i in range(50)))
+    assert all(r[0] == "hit" for r in later) and await upstream_requests(http, upstream) - base == 2
+    assert len({tuple(r[2]) for r in [*results, *later]}) == 1
+
+
 async def test_errors_and_cut_streams_are_never_stored(
     pair: list[Server], upstream: Server, http: httpx.AsyncClient
 ) -> None:

@@ -1,4 +1,4 @@
-"""The limiter's own Redis connection (fastproxy.ratelimit.wire) against a real Redis, and against a
+"""The limiter's own Redis connection (fastproxy.server.wire) against a real Redis, and against a
 server that never answers (the timeout path)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from fastproxy.ratelimit.buckets import Bucket
 from fastproxy.ratelimit.core import StoreUnavailable
 from fastproxy.ratelimit.redis_limiter import RedisStore, connect
-from fastproxy.ratelimit.wire import ChannelError, ReplyError, ScriptChannel, pack_evalsha
+from fastproxy.server.wire import ChannelError, ReplyError, ScriptChannel, pack_evalsha
 from tests.own_redis import OwnRedis
 
 

@@ -7,10 +7,12 @@ import os
 import tracemalloc
 
 from fastproxy.cache.coalesce import Flights
-from fastproxy.cache.entry import FORMAT, Entry, decode, derive, encode
+from fastproxy.cache.entry import FORMAT, Entry, KeyMaker, decode, derive, encode
 from fastproxy.cache.memory import MemoryStore
-from fastproxy.cache.policy import cacheable, directives, scope_of
-from fastproxy.core.schemas import Principal
+from fastproxy.cache.policy import Rule, cacheable, directives, resolve, scope_of
+from fastproxy.cache.service import BYPASS, MISS, CacheConfig, Lookup, ResponseCache
+from fastproxy.core.providers import RouteCache
+from fastproxy.core.schemas import KeyCache, Principal
 
 JSON = [(b"content-type", b"application/json")]
 
@@ -130,3 +132,47 @@ async def test_followers_read_the_leader_as_it_arrives_and_are_released_when_it_
     later = asyncio.ensure_future(cut.finished())
     cut.end(False)  # the leader's client left before anything came
     assert await later is False
+
+
+def test_route_and_key_settings_combine_field_by_field() -> None:
+    default = Rule(enabled=True, scope="user", generations="deterministic", ttl=3600)
+    assert resolve(default, None, None) is default
+    route = RouteCache(scope="global", ttl=60, generations="always")
+    assert resolve(default, route, None) == Rule(True, "global", "always", 60)
+    # The key's fields over the route's; the shortest TTL of the two.
+    assert resolve(default, route, KeyCache(scope="key", ttl=600)) == Rule(True, "key", "always", 60)
+    assert resolve(default, route, KeyCache(ttl=5, generations="never")) == Rule(True, "global", "never", 5)
+    # Off on either side is off, whatever the other says.
+    assert not resolve(default, RouteCache(enabled=False), KeyCache(enabled=True)).enabled
+    assert not resolve(default, route, KeyCache(enabled=False)).enabled
+    # With the global default off, a route or a key that says true turns it on for its requests.
+    off = Rule(enabled=False)
+    assert resolve(off, None, None) is off and not off.enabled
+    assert resolve(off, RouteCache(enabled=True), None).enabled
+    assert resolve(off, None, KeyCache(enabled=True, scope="key")) == Rule(True, "key", "deterministic", 3600)
+    assert not resolve(off, RouteCache(ttl=5), KeyCache(scope="key")).enabled
+
+
+async def test_the_lookup_follows_the_route_and_the_key() -> None:
+    cache = ResponseCache(CacheConfig(), memory=MemoryStore(1 << 20))
+    alice = Principal(key_id="k1", user_id="alice")
+    body = b'{"model":"m","temperature":0.7}'
+
+    async def look(principal: Principal, route: RouteCache | None, endpoint: str = "chat.completions") -> Lookup:
+        return await cache.lookup([], endpoint, principal, 0.7, None, "r|0", "m", body, route)
+
+    assert (await look(alice, None)).header == BYPASS  # temperature 0.7: not deterministic
+    widened = await look(alice, RouteCache(generations="always", scope="global", ttl=7))
+    assert widened.header == MISS and widened.key is not None and widened.key.scope == "global"
+    assert widened.ttl == 7
+    own = Principal(key_id="k1", user_id="alice", cache=KeyCache(scope="key", generations="always"))
+    keyed = await look(own, RouteCache(scope="global"))
+    assert keyed.key is not None and keyed.key.scope == "key:k1"
+    assert (await look(alice, RouteCache(enabled=False), "embeddings")).header == BYPASS
+    assert cache.counts["bypass", "off"] == 1
+
+
+def test_the_key_maker_agrees_with_derive() -> None:
+    maker = KeyMaker()
+    for scope, body in (("user:a", b"{}"), ("user:a", b"{ }"), ("user:b", b"{}"), ("user:a", b"{}")):
+        assert maker.derive(scope, "embeddings", "r|0", "m", body) == derive(scope, "embeddings", "r|0", "m", body)

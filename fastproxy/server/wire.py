@@ -1,10 +1,12 @@
-"""One pipelined Redis connection for the limiter's script calls: the request path's only Redis I/O.
+"""One pipelined Redis connection: the request path's Redis I/O (the limiter's script calls, the response
+cache's GET and SET).
 
 A script call through redis-py costs about 125 µs of CPU here (connection pool, retry wrapper, event
 dispatch, packing in Python); this channel costs about 37 (bench/RESULTS.md, "History": the rate-limiter cost):
 an asyncio Protocol on the loop's own transport, replies parsed by hiredis (the parser redis-py itself
-uses), each command packed with one join. It speaks only what the limiter needs (EVALSHA, SCRIPT LOAD,
-and AUTH / SELECT when it connects); everything else keeps using redis-py.
+uses), each command packed with one join. It speaks only what its users need (EVALSHA, SCRIPT LOAD, GET,
+SET, and AUTH / SELECT when it connects); everything else keeps using redis-py. Shared here, below the
+adapters, so the limiter and the cache use one implementation (each its own connection).
 
 `submit` hands a reply to a plain callback, called from the protocol's own data_received, so the
 limiter needs no task per call (its added latency at a moderate rate did not change with it, though:
@@ -64,6 +66,8 @@ class _Protocol(asyncio.Protocol):
         self.waiters: deque[tuple[OnReply, asyncio.TimerHandle]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        # Commands written in this turn of the loop, sent together by `flush` (a corked channel).
+        self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses: no isinstance check.
@@ -79,6 +83,12 @@ class _Protocol(asyncio.Protocol):
                 on_reply(ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(ChannelError(f"unexpected bytes from Redis: {exc}"))
+
+    def flush(self) -> None:
+        pending = self.pending
+        if pending and not self.lost and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -105,7 +115,7 @@ class ScriptChannel:
     channel reaches the same server as the redis-py client built from the same URL.
     """
 
-    def __init__(self, params: Mapping[str, Any], timeout: float, tls: bool = False) -> None:
+    def __init__(self, params: Mapping[str, Any], timeout: float, tls: bool = False, cork: bool = False) -> None:
         self._host = params.get("host", "localhost")
         self._port = int(params.get("port", 6379))
         self._path: str | None = params.get("path")
@@ -117,6 +127,9 @@ class ScriptChannel:
             self._setup.append(("SELECT", int(params["db"])))
         self._tls = ssl.create_default_context() if tls else None
         self._timeout = timeout
+        # Corked: the commands of one turn of the loop go out in one write (one syscall for many
+        # concurrent requests' commands), flushed by a callback at the end of the turn.
+        self._cork = cork
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -154,8 +167,15 @@ class ScriptChannel:
         return await self.send(packed)
 
     def _write(self, protocol: _Protocol, packed: bytes, on_reply: OnReply) -> None:
-        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, protocol, self._timeout)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._timeout, _expire, protocol, self._timeout)
         protocol.waiters.append((on_reply, timer))
+        if self._cork:
+            pending = protocol.pending
+            pending.append(packed)
+            if len(pending) == 1:
+                loop.call_soon(protocol.flush)
+            return
         assert protocol.transport is not None
         protocol.transport.write(packed)
 
@@ -204,6 +224,11 @@ class ScriptChannel:
         if self._protocol is not None:
             self._protocol.fail(ChannelError("channel closed"))
             self._protocol = None
+
+
+def pack(*args: str | int | bytes) -> bytes:
+    """Any command, packed (callers that send one often pack its constant head once with `bulk`)."""
+    return _pack(args)
 
 
 def is_noscript(reply: object) -> bool:
