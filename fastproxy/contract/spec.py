@@ -20,6 +20,7 @@ from fastproxy.core.providers import Provider, Route
 from fastproxy.core.schemas import ErrorBody, RequestView
 from fastproxy.selfservice.api import Connect, KeyRequest, Login, Profile, Refresh, Register, TokenPair
 from fastproxy.store import ApiKey, User
+from fastproxy.translate.ingress_response import AnthropicError
 from fastproxy.usage.query import UsageRecord, UsageSummary
 
 
@@ -86,6 +87,8 @@ OPERATIONS: tuple[Op, ...] = (
     # -- the proxy: OpenAI's API, answered by the route's provider; fastproxy reads only RequestView's fields
     Op("POST", "/v1/chat/completions", "proxy", "Chat completion", s.ChatCompletion, RequestView, security=KEY, errors=PROXIED, streams=True),
     Op("POST", "/v1/completions", "proxy", "Text completion", s.Completion, RequestView, security=KEY, errors=PROXIED, streams=True),
+    Op("POST", "/v1/messages", "proxy", "Anthropic Messages (translated for OpenAI-compatible providers)", dict[str, Any], RequestView, security=KEY, errors=PROXIED, streams=True, error=AnthropicError),
+    Op("POST", "/v1/messages/count_tokens", "proxy", "Anthropic token count (the provider's, or fastproxy's estimate)", dict[str, int], RequestView, security=KEY, errors=PROXIED, error=AnthropicError),
     Op("POST", "/v1/embeddings", "proxy", "Embeddings", s.EmbeddingList, RequestView, security=KEY, errors=PROXIED),
     Op("POST", "/v1/responses", "proxy", "Responses API", s.ResponseObject, RequestView, security=KEY, errors=PROXIED, streams=True),
     Op("GET", "/v1/models", "proxy", "Models: the routes and providers' models", s.Listing[s.Model], security=KEY, errors=(401, 429, 502, 503, 504)),

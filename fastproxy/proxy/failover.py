@@ -38,7 +38,7 @@ from fastproxy.core.types import RawHeaders, Send
 from fastproxy.proxy.body import with_model
 from fastproxy.proxy.commit import CommitPoint, MessagesCommitPoint, Verdict, error_event
 from fastproxy.proxy.exchange import Outcome, cut_at_deadline, open_stream, response_headers
-from fastproxy.proxy.headers import DROP_RESPONSE, STREAM_HEADERS
+from fastproxy.proxy.headers import STREAM_HEADERS
 from fastproxy.proxy.sse import SSEWatcher, StreamWatcher
 from fastproxy.server.state import State
 from fastproxy.translate.anthropic_chat import AnthropicChat, MalformedAnswer, for_attempt
