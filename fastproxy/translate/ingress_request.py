@@ -26,6 +26,9 @@ from typing import Any
 
 import msgspec
 
+from fastproxy.translate.anthropic_wire import ToolChoiceParam
+from fastproxy.translate.openai_wire import FunctionOut, ToolCallOut
+
 _ABSENT = msgspec.Raw(b"")
 _EMPTY_OBJECT = msgspec.Raw(b"{}")
 
@@ -75,12 +78,6 @@ class _Tool(msgspec.Struct, gc=False):
     input_schema: msgspec.Raw = _ABSENT
 
 
-class _ToolChoice(msgspec.Struct, gc=False):
-    type: str
-    name: str | None = None
-    disable_parallel_tool_use: bool | None = None
-
-
 class _Thinking(msgspec.Struct, gc=False):
     type: str
     budget_tokens: int | None = None
@@ -101,7 +98,7 @@ class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
     temperature: float | None = None
     top_p: float | None = None
     tools: list[_Tool] | None = None
-    tool_choice: _ToolChoice | None = None
+    tool_choice: ToolChoiceParam | None = None
     thinking: _Thinking | None = None
     metadata: _Metadata | None = None
     # Accepted and left out: it does not change the answer.
@@ -130,22 +127,11 @@ class _Part(msgspec.Struct, omit_defaults=True, gc=False):
     image_url: _ImageURL | None = None
 
 
-class _Function(msgspec.Struct, gc=False):
-    name: str
-    arguments: str
-
-
-class _ToolCall(msgspec.Struct, gc=False):
-    id: str
-    function: _Function
-    type: str = "function"
-
-
 class _ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str
     # UNSET: left out; None: `null` (an assistant turn with only tool calls).
     content: str | list[_Part] | msgspec.UnsetType | None = msgspec.UNSET
-    tool_calls: list[_ToolCall] | None = None
+    tool_calls: list[ToolCallOut] | None = None
     tool_call_id: str | None = None
 
 
@@ -324,14 +310,15 @@ def _assistant(content: str | list[Block], where: str) -> _ChatMessage:
     if isinstance(content, str):
         return _ChatMessage(role="assistant", content=content)
     texts: list[str] = []
-    calls: list[_ToolCall] = []
+    calls: list[ToolCallOut] = []
     for j, block in enumerate(content):
         kind = block.type
         if kind == "text":
             texts.append(block.text or "")
         elif kind == "tool_use":
             arguments = bytes(block.input).decode() if block.input else "{}"
-            calls.append(_ToolCall(id=block.id or "", function=_Function(name=block.name or "", arguments=arguments)))
+            function = FunctionOut(name=block.name or "", arguments=arguments)
+            calls.append(ToolCallOut(id=block.id or "", function=function))
         elif kind in ("thinking", "redacted_thinking"):
             continue  # earlier turns' reasoning: Anthropic itself leaves it out of the context
         else:
@@ -352,7 +339,7 @@ def _tool(tool: _Tool, i: int) -> _ChatTool:
     return _ChatTool(function=_FunctionDef(name=tool.name, description=tool.description, parameters=schema))
 
 
-def _tool_choice(choice: _ToolChoice, chat: ChatRequest) -> None:
+def _tool_choice(choice: ToolChoiceParam, chat: ChatRequest) -> None:
     kind = choice.type
     if kind == "auto":
         chat.tool_choice = "auto"

@@ -30,15 +30,17 @@ class MalformedUpstream(UpstreamError):
 # --- reading the OpenAI answer --------------------------------------------------------------------------
 
 
-class _Function(msgspec.Struct, gc=False):
+class FunctionView(msgspec.Struct, gc=False):
+    """A tool call's function, whole (a message) or a fragment (a stream delta): every member optional."""
+
     name: str | None = None
     arguments: str | None = None
 
 
-class _Call(msgspec.Struct, gc=False):
+class CallView(msgspec.Struct, gc=False):
     index: int | None = None
     id: str | None = None
-    function: _Function | None = None
+    function: FunctionView | None = None
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -46,7 +48,7 @@ class _Message(msgspec.Struct, gc=False):
     refusal: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
-    tool_calls: list[_Call] | None = None
+    tool_calls: list[CallView] | None = None
 
 
 class _Choice(msgspec.Struct, gc=False):
@@ -190,7 +192,7 @@ def to_message(data: bytes, stop_sequences: list[str] | None) -> tuple[bytes, Us
     if text:
         content.append(TextBlock(text=text))
     for call in message.tool_calls or ():
-        fn = call.function or _Function()
+        fn = call.function or FunctionView()
         content.append(ToolUseBlock(id=call.id or "", name=fn.name or "", input=tool_input(fn.arguments)))
     finish = "content_filter" if message.refusal and not message.content else choice.finish_reason
     reason, sequence = stop_reason(finish, bool(message.tool_calls), choice.stop_reason, stop_sequences)

@@ -27,6 +27,7 @@ import msgspec
 from fastproxy.core.schemas import TokenUsage, UsageView
 from fastproxy.translate.ingress_response import (
     AnthropicError,
+    CallView,
     MalformedUpstream,
     Usage,
     _ErrorDetail,
@@ -41,23 +42,12 @@ _ABSENT = msgspec.Raw(b"")
 _EVENT_SPLIT = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
-class _Function(msgspec.Struct, gc=False):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class _Call(msgspec.Struct, gc=False):
-    index: int | None = None
-    id: str | None = None
-    function: _Function | None = None
-
-
 class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | None = None
-    tool_calls: list[_Call] | None = None
+    tool_calls: list[CallView] | None = None
 
 
 class _Choice(msgspec.Struct, gc=False):
@@ -300,7 +290,7 @@ class ChatToMessagesStream:
         self._kind = _NONE
         return _BLOCK_STOP % self._block
 
-    def _tool_delta(self, call: _Call) -> bytes:
+    def _tool_delta(self, call: CallView) -> bytes:
         index = call.index
         if index is None:  # servers that leave `index` out: a new id is a new call, else the current one
             index = len(self._calls) if call.id is not None or self._current_call is None else self._current_call
