@@ -76,13 +76,9 @@ class ChatCompletion(msgspec.Struct):
     usage: Usage | None = None
 
 
-class Completion(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str | None
-    choices: list[dict[str, Any]]
-    usage: Usage | None = None
+# The same members as a chat completion, under its own name in the document.
+class Completion(ChatCompletion):
+    pass
 
 
 class Embedding(msgspec.Struct):
