@@ -18,15 +18,10 @@ import re
 import msgspec
 
 from fastproxy.core.schemas import TokenUsage
+from fastproxy.translate.anthropic_wire import Usage as AnthropicUsage
+from fastproxy.translate.messages_to_chat import token_usage
 
 _EVENT_SPLIT = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-
-class AnthropicUsage(msgspec.Struct, gc=False):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -41,13 +36,6 @@ class _Event(msgspec.Struct, gc=False):
 
 decode_event = msgspec.json.Decoder(_Event).decode
 _decode_body = msgspec.json.Decoder(_Message).decode
-
-
-def token_usage(u: AnthropicUsage) -> TokenUsage:
-    read = u.cache_read_input_tokens or 0
-    prompt = (u.input_tokens or 0) + read + (u.cache_creation_input_tokens or 0)
-    completion = u.output_tokens or 0
-    return TokenUsage(prompt=prompt, completion=completion, total=prompt + completion, cached=read)
 
 
 def usage_of_body(data: bytes) -> TokenUsage | None:
